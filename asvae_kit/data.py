@@ -1,0 +1,185 @@
+"""Image data: the in-memory dataset type, input checks, and the batch stream the trainer reads.
+
+Every image the trainer sees is a float tensor ``[C, H, W]`` in [0, 1] (DESIGN.md §2).  Users may
+hand ``Trainer.fit`` a ``Dataset`` (items are images or ``(image, label)`` pairs), a
+``DataLoader``, or an image tensor ``[N, C, H, W]``; ``BatchStream`` turns any of them into an
+endless stream of batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import DataError
+
+__all__ = ["ImageDataset", "check_images", "BatchStream", "first_images"]
+
+
+def check_images(images: torch.Tensor, what: str, data_shape: Sequence[int] | None = None) -> torch.Tensor:
+    """Validate a ``[N, C, H, W]`` image tensor in [0, 1]; return it as float32.
+
+    Raises ``DataError`` naming the problem: wrong rank or shape, integer values outside what
+    ``/255`` fixes, NaN/inf, or values outside [0, 1].
+    """
+    if not isinstance(images, torch.Tensor):
+        raise DataError(f"{what}: expected a torch.Tensor of images [N, C, H, W], got {type(images).__name__}")
+    if images.dim() != 4:
+        raise DataError(f"{what}: expected images of shape [N, C, H, W], got shape {list(images.shape)}")
+    if data_shape is not None and tuple(images.shape[1:]) != tuple(data_shape):
+        raise DataError(
+            f"{what}: images have shape (C, H, W) = {tuple(images.shape[1:])}, but the model was built for "
+            f"{tuple(data_shape)}; build it for this data (data_shape=...) or resize the images"
+        )
+    if not images.is_floating_point():
+        raise DataError(f"{what}: images must be float in [0, 1], got dtype {images.dtype}; divide uint8 pixels by 255")
+    if images.numel() == 0:
+        raise DataError(f"{what}: no images (shape {list(images.shape)})")
+    if not torch.isfinite(images).all():
+        raise DataError(f"{what}: images contain NaN or infinite values; clean the data before training")
+    lo, hi = images.min().item(), images.max().item()
+    if lo < 0.0 or hi > 1.0:
+        raise DataError(f"{what}: pixel values must lie in [0, 1], found [{lo:.4g}, {hi:.4g}]; rescale them (e.g. x / 255)")
+    return images.float()
+
+
+class ImageDataset(Dataset):
+    """Images held in memory, ``[N, C, H, W]`` float32 in [0, 1], with optional integer labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, *, name: str = "images") -> None:
+        self.images = check_images(images, name)
+        if labels is not None and len(labels) != len(self.images):
+            raise DataError(f"{name}: {len(labels)} labels for {len(self.images)} images")
+        self.labels = labels
+        self.name = name
+
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.images.shape[1:]
+        return (int(c), int(h), int(w))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Any:
+        if self.labels is None:
+            return self.images[index]
+        return self.images[index], self.labels[index]
+
+    def __repr__(self) -> str:
+        return f"ImageDataset({self.name!r}, n={len(self)}, data_shape={self.data_shape})"
+
+
+def _images_of(batch: Any) -> torch.Tensor:
+    if isinstance(batch, (tuple, list)):
+        batch = batch[0]
+    elif isinstance(batch, dict):
+        for key in ("image", "images", "x"):
+            if key in batch:
+                return batch[key]
+        raise DataError(f"a dict batch needs an 'image', 'images' or 'x' key, got keys {sorted(batch)}")
+    return batch
+
+
+class BatchStream:
+    """An endless stream of ``[B, C, H, W]`` image batches on ``device``.
+
+    In-memory sources (tensors, ``ImageDataset``) are reshuffled each epoch with ``generator``
+    (whose state the trainer checkpoints); other datasets go through a shuffling ``DataLoader``;
+    a user's ``DataLoader`` is cycled as given.  Every batch is checked for shape; the first one
+    of a streamed source also for range and NaN.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        batch_size: int,
+        data_shape: Sequence[int],
+        device: torch.device,
+        generator: torch.Generator,
+    ) -> None:
+        self.batch_size = batch_size
+        self.data_shape = tuple(data_shape)
+        self.device = device
+        self.generator = generator
+        self._images: torch.Tensor | None = None
+        self._loader: DataLoader | None = None
+        if isinstance(source, torch.Tensor):
+            self._images = check_images(source, "fit(data=...)", self.data_shape)
+        elif isinstance(source, ImageDataset):
+            self._images = check_images(source.images, source.name, self.data_shape)
+        elif isinstance(source, DataLoader):
+            self._loader = source
+        elif isinstance(source, Dataset):
+            if len(source) == 0:  # type: ignore[arg-type]
+                raise DataError("the dataset is empty")
+            self._loader = DataLoader(
+                source,
+                batch_size=batch_size,
+                shuffle=True,
+                drop_last=len(source) >= batch_size,  # type: ignore[arg-type]
+                generator=generator,
+            )
+        else:
+            raise DataError(
+                f"cannot train on a {type(source).__name__}; pass a Dataset, a DataLoader or an image tensor [N, C, H, W]"
+            )
+        if self._images is not None:
+            self._images = self._images.to(device)
+        self._checked_values = self._images is not None
+        self._iter: Iterator[torch.Tensor] = iter(())
+        self._perm: torch.Tensor | None = None
+        self._pos = 0
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self._images is not None:
+            return self._next_in_memory()
+        for _attempt in range(2):
+            try:
+                batch = next(self._iter)
+                break
+            except StopIteration:
+                self._iter = iter(self._loader)  # type: ignore[arg-type]
+        else:
+            raise DataError("the data loader yields no batches")
+        images = _images_of(batch)
+        if not self._checked_values:
+            check_images(images, "training data", self.data_shape)
+            self._checked_values = True
+        elif images.dim() != 4 or tuple(images.shape[1:]) != self.data_shape:
+            raise DataError(f"training data: a batch has shape {list(images.shape)}, expected [B, {', '.join(map(str, self.data_shape))}]")
+        return images.to(self.device, dtype=torch.float32, non_blocking=True)
+
+    def _next_in_memory(self) -> torch.Tensor:
+        n = len(self._images)  # type: ignore[arg-type]
+        b = min(self.batch_size, n)
+        if self._perm is None or self._pos + b > n:
+            self._perm = torch.randperm(n, generator=self.generator).to(self.device)
+            self._pos = 0
+        idx = self._perm[self._pos : self._pos + b]
+        self._pos += b
+        return self._images[idx]  # type: ignore[index]
+
+
+def first_images(source: Any, n: int) -> torch.Tensor:
+    """The first ``n`` images of a dataset / loader / tensor, for fixed reconstruction grids."""
+    if isinstance(source, torch.Tensor):
+        return source[:n].float()
+    if isinstance(source, ImageDataset):
+        return source.images[:n]
+    if isinstance(source, DataLoader):
+        out, got = [], 0
+        for batch in source:
+            images = _images_of(batch)
+            out.append(images)
+            got += len(images)
+            if got >= n:
+                break
+        return torch.cat(out)[:n].float()
+    items = [_images_of(source[i]) for i in range(min(n, len(source)))]
+    return torch.stack(items).float()

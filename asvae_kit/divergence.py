@@ -1,0 +1,143 @@
+"""What a divergence estimator sees: one step's joint samples, computed lazily.
+
+A ``JointBatch`` holds the data batch x and the prior draws z_p, z_m of one algorithm step
+(DESIGN.md §1, "One algorithm step") and computes, on first access only, what a divergence asks
+for: z_q ~ q(z|x), x_p ~ p(x|z_p), log p(x|z_q), log q(z_p|x_p), the analytic KL.  A plain VAE
+therefore never runs the decoder on prior codes, and ALI never reconstructs.
+
+``head_statistics`` is the one place the discriminator's head meets the losses: it stacks the
+(x, z) pairs of several segments, runs ``features`` once and hands the head to
+``asvae_kit.kernels.fused_disc_head``.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = ["JointBatch", "Divergence", "head_statistics", "check_head_count", "MEAN", "SOFTPLUS", "SOFTPLUS_NEG"]
+
+#: Indices into the last axis of ``fused_disc_head``'s output.
+MEAN, SOFTPLUS, SOFTPLUS_NEG = 0, 1, 2
+
+
+class JointBatch:
+    """One step's samples from q(x)q(z|x), p(z)p(x|z) and q(x)p(z), computed on demand."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        latent_dim: int,
+        *,
+        z_p: torch.Tensor | None = None,
+        z_m: torch.Tensor | None = None,
+        sample_x: bool = False,
+    ) -> None:
+        self.x = x
+        self.encoder = encoder
+        self.decoder = decoder
+        self.sample_x = sample_x
+        shape = (x.shape[0], latent_dim)
+        self.z_p = torch.randn(shape, device=x.device, dtype=x.dtype) if z_p is None else z_p
+        self.z_m = torch.randn(shape, device=x.device, dtype=x.dtype) if z_m is None else z_m
+
+    @cached_property
+    def posterior(self) -> Any:
+        """q(z|x) for the data batch."""
+        return self.encoder(self.x)
+
+    @cached_property
+    def z_q(self) -> torch.Tensor:
+        """z_q ~ q(z|x), reparameterised."""
+        return self.posterior.rsample()
+
+    @cached_property
+    def prior_likelihood(self) -> Any:
+        """p(x|z_p) for the prior codes."""
+        return self.decoder(self.z_p)
+
+    @cached_property
+    def x_p(self) -> torch.Tensor:
+        """x_p ~ p(x|z_p): the likelihood's mean, or a reparameterised sample when sample_x."""
+        lik = self.prior_likelihood
+        if not self.sample_x:
+            return lik.mean
+        if not getattr(lik, "has_rsample", hasattr(lik, "rsample")):
+            raise ConfigError(
+                f"sample_x=true needs a decoder likelihood with a reparameterised sample; "
+                f"{type(lik).__name__} has none. Use decoder.likelihood='gaussian' or 'laplace', or sample_x=false."
+            )
+        return lik.rsample()
+
+    @cached_property
+    def log_px(self) -> torch.Tensor:
+        """log p(x|z_q) per sample, ``[B]``."""
+        return self.decoder(self.z_q).log_prob(self.x)
+
+    @cached_property
+    def log_qz(self) -> torch.Tensor:
+        """log q(z_p|x_p) per sample, ``[B]``."""
+        return self.encoder(self.x_p).log_prob(self.z_p)
+
+    @cached_property
+    def kl(self) -> torch.Tensor:
+        """KL(q(z|x) || p(z)) in closed form, per sample; needs an explicit (Gaussian) encoder."""
+        post = self.posterior
+        if not hasattr(post, "kl_standard_normal"):
+            raise ConfigError(
+                f"this divergence needs the closed-form KL of q(z|x), but the encoder returns a "
+                f"{type(post).__name__}, which has none. Use a Gaussian encoder ('mlp', 'resnet') or an "
+                "adversarial divergence ('avb', 'asvae')."
+            )
+        return post.kl_standard_normal()
+
+
+def check_head_count(discriminator: nn.Module | None, num_heads: int, divergence: str) -> None:
+    """Raise ``ConfigError`` unless the discriminator's head has ``num_heads`` outputs."""
+    if num_heads == 0:
+        return
+    if discriminator is None:
+        raise ConfigError(f"divergence {divergence!r} needs a discriminator with {num_heads} head(s), but none was given")
+    head = getattr(discriminator, "head", None)
+    if not isinstance(head, nn.Linear):
+        raise ConfigError(f"discriminator {type(discriminator).__name__} has no `head` nn.Linear (DESIGN.md §2)")
+    if head.out_features != num_heads:
+        raise ConfigError(
+            f"divergence {divergence!r} needs a discriminator with {num_heads} head(s), but its head has "
+            f"{head.out_features} output(s); build it with num_heads={num_heads}"
+        )
+
+
+def head_statistics(
+    discriminator: nn.Module, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
+    """``[S, K, 3]`` statistics (mean l, mean softplus(l), mean softplus(-l)) of each (x, z) segment."""
+    from asvae_kit.kernels import fused_disc_head
+
+    x = torch.cat([p[0] for p in pairs]) if len(pairs) > 1 else pairs[0][0]
+    z = torch.cat([p[1] for p in pairs]) if len(pairs) > 1 else pairs[0][1]
+    h = discriminator.features(x, z)
+    head = discriminator.head
+    return fused_disc_head(h, head.weight, head.bias, [p[0].shape[0] for p in pairs])
+
+
+@runtime_checkable
+class Divergence(Protocol):
+    """What the trainer needs of a divergence estimator (DESIGN.md §2).
+
+    Both losses return ``(loss, diagnostics)``: a scalar to minimise and a dict of detached
+    scalar tensors the trainer logs (e.g. ``skl``, ``l_x``, ``l_z``).
+    """
+
+    num_heads: int
+
+    def discriminator_loss(self, discriminator: nn.Module, batch: JointBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def generator_loss(self, discriminator: nn.Module | None, batch: JointBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...

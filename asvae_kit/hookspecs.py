@@ -1,0 +1,168 @@
+"""The hooks a plugin implements to add components to asvae-kit (DESIGN.md §3).
+
+Every hook receives one argument, ``register``, a callable::
+
+    register(name, factory, *, description="", aliases=())
+
+``name`` (and every alias) must be lowercase kebab-case, ``[a-z0-9][a-z0-9-]*``; a bad name, or a
+(kind, name) pair another plugin already registered, makes the whole plugin fail to load (it is
+skipped with one warning and listed as failed by ``asvae-kit plugins``).
+
+A plugin is any module with ``@asvae_kit.hookimpl`` functions, made known through the entry-point
+group ``asvae_kit`` in its ``pyproject.toml``::
+
+    [project.entry-points.asvae_kit]
+    my_plugin = "my_package.asvae_plugin"
+
+The built-in components in ``asvae_kit.plugins`` register through these very hooks.
+
+Factories are called with keyword arguments only: the context the builder supplies (documented
+per hook below) plus the component's own config keys.  The keys and defaults in the factory's
+signature are what ``asvae-kit describe`` shows and what config overrides are checked against, so
+give every config key a default.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pluggy
+
+__all__ = ["hookspec", "hookimpl", "RegisterFn", "HOOK_KINDS"]
+
+hookspec = pluggy.HookspecMarker("asvae_kit")
+hookimpl = pluggy.HookimplMarker("asvae_kit")
+
+#: ``register(name, factory, *, description="", aliases=())``
+RegisterFn = Callable[..., None]
+
+#: hook name -> the (singular) component kind it registers.
+HOOK_KINDS = {
+    "register_encoders": "encoder",
+    "register_decoders": "decoder",
+    "register_discriminators": "discriminator",
+    "register_divergences": "divergence",
+    "register_presets": "preset",
+    "register_datasets": "dataset",
+    "register_metrics": "metric",
+}
+
+
+@hookspec
+def register_encoders(register: RegisterFn) -> None:
+    """Register encoders q(z|x).
+
+    Factory: ``factory(*, data_shape: tuple[int, int, int], latent_dim: int, **config) -> nn.Module``
+    whose ``forward(x [B, C, H, W]) -> Posterior`` returns an object with ``.rsample()``, ``.mean``
+    and, for an explicit density, ``.log_prob(z) -> [B]`` and ``.kl_standard_normal() -> [B]``
+    (``asvae_kit.distributions.GaussianPosterior`` and ``ImplicitPosterior`` are ready-made).
+    Raise ``asvae_kit.errors.UnsupportedShapeError`` for shapes it cannot serve.
+
+    Example::
+
+        @asvae_kit.hookimpl
+        def register_encoders(register):
+            register("my-encoder", MyEncoder, description="two-layer Gaussian MLP")
+    """
+
+
+@hookspec
+def register_decoders(register: RegisterFn) -> None:
+    """Register decoders p(x|z).
+
+    Factory: ``factory(*, data_shape, latent_dim, **config) -> nn.Module`` whose
+    ``forward(z [B, latent_dim]) -> Likelihood`` returns an object with ``.mean`` (an image in
+    [0, 1]), ``.log_prob(x) -> [B]`` (summed over pixels) and ``.rsample()`` where it exists
+    (``BernoulliLikelihood``, ``GaussianLikelihood``, ``LaplaceLikelihood`` in
+    ``asvae_kit.distributions``).
+
+    Example::
+
+        @asvae_kit.hookimpl
+        def register_decoders(register):
+            register("my-decoder", MyDecoder, aliases=("mine",))
+    """
+
+
+@hookspec
+def register_discriminators(register: RegisterFn) -> None:
+    """Register joint discriminators over (x, z).
+
+    Factory: ``factory(*, data_shape, latent_dim, num_heads, **config) -> nn.Module`` with
+    ``features(x, z) -> h [B, D]``, ``head: nn.Linear(D, num_heads)`` and
+    ``forward(x, z) = head(features(x, z))``.  ``num_heads`` comes from the divergence.
+
+    Example::
+
+        @asvae_kit.hookimpl
+        def register_discriminators(register):
+            register("my-critic", MyCritic, description="x-branch CNN, z-branch MLP")
+    """
+
+
+@hookspec
+def register_divergences(register: RegisterFn) -> None:
+    """Register divergence estimators (what turns the networks into a VAE, AVB, ALI or ASVAE).
+
+    Factory: ``factory(**config) -> Divergence`` with ``num_heads: int``,
+    ``discriminator_loss(discriminator, batch) -> (loss, diagnostics)`` and
+    ``generator_loss(discriminator, batch) -> (loss, diagnostics)``; ``batch`` is an
+    ``asvae_kit.divergence.JointBatch``.  Head statistics go through
+    ``asvae_kit.kernels.fused_disc_head``.
+
+    Example::
+
+        @asvae_kit.hookimpl
+        def register_divergences(register):
+            register("my-gan", MyGanDivergence, description="hinge loss on the joints")
+    """
+
+
+@hookspec
+def register_presets(register: RegisterFn) -> None:
+    """Register named, complete configs.
+
+    Factory: ``factory() -> dict`` returning a config mapping (DESIGN.md §3): component entries
+    (a name or ``{"name": ..., **config}``) for ``encoder``, ``decoder``, ``discriminator``,
+    ``divergence`` and ``data``, plus hyper-parameters (``latent_dim``, ``batch_size``, ``steps``,
+    ``optim``, ``seed``...).  Keys it leaves out take the builder's defaults.
+
+    Example::
+
+        @asvae_kit.hookimpl
+        def register_presets(register):
+            register("tiny-asvae", lambda: {"encoder": "mlp", "decoder": "mlp",
+                                            "discriminator": "joint-mlp", "divergence": "asvae",
+                                            "latent_dim": 8})
+    """
+
+
+@hookspec
+def register_datasets(register: RegisterFn) -> None:
+    """Register image datasets.
+
+    Factory: ``factory(**config) -> torch.utils.data.Dataset`` of images ``[C, H, W]`` in [0, 1]
+    (items may be ``(image, label)`` pairs) with a ``data_shape`` attribute ``(C, H, W)``.  It must
+    never download silently: downloading happens only when the user passes ``download=True``.
+
+    Example::
+
+        @asvae_kit.hookimpl
+        def register_datasets(register):
+            register("my-faces", MyFaces, description="64x64 RGB faces from data_dir")
+    """
+
+
+@hookspec
+def register_metrics(register: RegisterFn) -> None:
+    """Register evaluation metrics.
+
+    Factory: ``fn(trainer, data) -> dict[str, float]`` where ``data`` is an image tensor
+    ``[N, C, H, W]`` on the trainer's device.  ``Trainer.evaluate`` merges the dicts.
+
+    Example::
+
+        @asvae_kit.hookimpl
+        def register_metrics(register):
+            register("pixel-mean", lambda trainer, data: {"pixel_mean": data.mean().item()})
+    """

@@ -1,0 +1,50 @@
+"""Image grids as PNG, with Pillow only (no torchvision)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+
+from .fileio import atomic_path
+
+__all__ = ["make_grid", "save_image_grid"]
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
+    """Tile ``[N, C, H, W]`` images in [0, 1] into one ``uint8`` array ``[H', W']`` or ``[H', W', 3]``."""
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"make_grid expects images [N, 1 or 3, H, W], got {list(images.shape)}")
+    x = images.detach().float().clamp(0, 1).cpu()
+    n, c, h, w = x.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    ncol = math.ceil(n / nrow)
+    grid = torch.full((c, ncol * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + col * (w + padding)
+        grid[:, top : top + h, left : left + w] = x[i]
+    arr = (grid * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
+    return arr[0] if c == 1 else arr.transpose(1, 2, 0)
+
+
+def save_image_grid(
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    nrow: int | None = None,
+    min_cell: int = 48,
+) -> None:
+    """Write ``images`` as one PNG grid (atomically).  Small images are scaled up by an integer
+    factor, without smoothing, until each cell is at least ``min_cell`` pixels wide."""
+    from PIL import Image
+
+    h = images.shape[-1]
+    scale = max(1, math.ceil(min_cell / max(h, 1)))
+    arr = make_grid(images, nrow=nrow)
+    im = Image.fromarray(arr)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")

@@ -1,0 +1,58 @@
+"""Name helpers shared by the registry and the config resolver: validation and did-you-mean."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Iterable
+
+__all__ = ["NAME_RE", "is_valid_name", "edit_distance", "close_matches", "KINDS", "normalize_kind"]
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+#: The component kinds, singular, in the order commands list them.
+KINDS = ("encoder", "decoder", "discriminator", "divergence", "preset", "dataset", "metric")
+
+
+def is_valid_name(name: object) -> bool:
+    """True for lowercase kebab-case strings, ``[a-z0-9][a-z0-9-]*``."""
+    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
+
+
+def normalize_kind(kind: str) -> str:
+    """Map ``"encoders"``/``"Encoder"`` to ``"encoder"``; raise ``ValueError`` for other words."""
+    k = kind.strip().lower()
+    if k not in KINDS and k.endswith("s") and k[:-1] in KINDS:
+        k = k[:-1]
+    if k not in KINDS:
+        hint = close_matches(k, KINDS)
+        extra = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise ValueError(f"unknown component kind {kind!r}; the kinds are {', '.join(KINDS)}.{extra}")
+    return k
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Optimal-string-alignment distance (insert, delete, substitute, swap neighbours)."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            cost = 0 if ca == cb else 1
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+def close_matches(name: str, candidates: Iterable[str], limit: int = 5) -> list[str]:
+    """Candidates close to ``name``: every one within edit distance 2, then difflib's picks up to ``limit``."""
+    candidates = sorted(set(candidates))
+    near = [c for d, c in sorted((edit_distance(name, c), c) for c in candidates) if d <= 2 and c != name]
+    for c in difflib.get_close_matches(name, candidates, n=limit, cutoff=0.6):
+        if len(near) >= limit:
+            break
+        if c not in near and c != name:
+            near.append(c)
+    return near

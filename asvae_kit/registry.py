@@ -1,0 +1,241 @@
+"""The component registry: what names exist, who provides them, how to build them.
+
+The registry is filled lazily, on first use, by ``asvae_kit.plugin_manager.load_plugins``; nothing
+here runs at ``import asvae_kit``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import ConfigError, UnknownComponentError
+from .names import KINDS, close_matches, normalize_kind
+
+__all__ = [
+    "ComponentEntry",
+    "PluginRecord",
+    "Registry",
+    "get_registry",
+    "reset_registry",
+    "list_components",
+    "describe",
+    "build_component",
+    "factory_config_defaults",
+    "CONTEXT_KEYS",
+]
+
+#: Keyword arguments the builder supplies to factories; not config keys a user sets.
+CONTEXT_KEYS = ("data_shape", "latent_dim", "num_heads")
+
+
+@dataclass(frozen=True)
+class ComponentEntry:
+    """One registered component."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    description: str
+    aliases: tuple[str, ...]
+    plugin: str
+    distribution: str | None
+    version: str | None
+
+
+@dataclass
+class PluginRecord:
+    """What ``asvae-kit plugins`` shows for one plugin (built-in or entry point)."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    path: str | None = None
+    builtin: bool = False
+    hooks: list[str] = field(default_factory=list)
+    components: dict[str, list[str]] = field(default_factory=dict)
+    status: str = "ok"
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "path": self.path,
+            "builtin": self.builtin,
+            "hooks": list(self.hooks),
+            "components": {k: list(v) for k, v in self.components.items()},
+            "status": self.status,
+            "reason": self.reason,
+        }
+
+
+def factory_config_defaults(factory: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
+    """Config keys with their defaults, read from the factory's signature.
+
+    Returns ``(defaults, accepts_any)``; required keys map to ``None``; ``accepts_any`` is true
+    when the factory takes ``**kwargs`` (then unknown keys cannot be checked).
+    """
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return {}, True
+    defaults: dict[str, Any] = {}
+    accepts_any = False
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            accepts_any = True
+            continue
+        if p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) or p.name in CONTEXT_KEYS or p.name == "self":
+            continue
+        value = None if p.default is p.empty else p.default
+        defaults[p.name] = list(value) if isinstance(value, tuple) else value
+    return defaults, accepts_any
+
+
+class Registry:
+    """Components by (kind, name), plus the record of every plugin that was tried."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, ComponentEntry]] = {k: {} for k in KINDS}
+        self._aliases: dict[str, dict[str, str]] = {k: {} for k in KINDS}
+        self.plugins: list[PluginRecord] = []
+
+    # -- filling -------------------------------------------------------------------------------
+    def provider_of(self, kind: str, name: str) -> ComponentEntry | None:
+        """The entry that already owns ``name`` (as a name or an alias) in ``kind``, if any."""
+        key = self._aliases[kind].get(name, name)
+        return self._entries[kind].get(key)
+
+    def add(self, entry: ComponentEntry) -> None:
+        """Add an entry whose names were checked to be free (see ``provider_of``)."""
+        self._entries[entry.kind][entry.name] = entry
+        for alias in entry.aliases:
+            self._aliases[entry.kind][alias] = entry.name
+
+    # -- lookup --------------------------------------------------------------------------------
+    @property
+    def failed_plugins(self) -> list[str]:
+        return [p.name for p in self.plugins if p.status != "ok"]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._entries[kind])
+
+    def get(self, kind: str, name: str) -> ComponentEntry:
+        """The entry for ``name`` (or one of its aliases); ``UnknownComponentError`` otherwise."""
+        kind = normalize_kind(kind)
+        if not isinstance(name, str):
+            raise ConfigError(f"a {kind} name must be a string, got {name!r} ({type(name).__name__})")
+        entry = self.provider_of(kind, name)
+        if entry is not None:
+            return entry
+        known = list(self._entries[kind]) + list(self._aliases[kind])
+        other_kinds = [k for k in KINDS if k != kind and self.provider_of(k, name) is not None]
+        raise UnknownComponentError(
+            kind,
+            name,
+            suggestions=close_matches(name, known),
+            other_kinds=other_kinds,
+            failed_plugins=self.failed_plugins,
+        )
+
+    def find(self, name: str, kind: str | None = None) -> ComponentEntry:
+        """Look ``name`` up in ``kind``, or in every kind when ``kind`` is ``None``."""
+        if kind is not None:
+            return self.get(kind, name)
+        hits = [self.provider_of(k, name) for k in KINDS]
+        hits = [h for h in hits if h is not None]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            kinds = ", ".join(h.kind for h in hits)
+            raise ConfigError(f"{name!r} names a component of several kinds ({kinds}); pass the kind, e.g. kind={hits[0].kind!r}")
+        known = [n for k in KINDS for n in list(self._entries[k]) + list(self._aliases[k])]
+        raise UnknownComponentError(None, name, suggestions=close_matches(name, known), failed_plugins=self.failed_plugins)
+
+    def list(self, kind: str | None = None, pattern: str = "*") -> list[str]:
+        kinds = KINDS if kind is None else (normalize_kind(kind),)
+        names = {n for k in kinds for n in self._entries[k]}
+        return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+
+    def describe(self, name: str, kind: str | None = None) -> dict[str, Any]:
+        entry = self.find(name, kind)
+        config, accepts_any = factory_config_defaults(entry.factory)
+        info: dict[str, Any] = {
+            "kind": entry.kind,
+            "name": entry.name,
+            "aliases": list(entry.aliases),
+            "description": entry.description,
+            "provider": entry.plugin,
+            "distribution": entry.distribution,
+            "version": entry.version,
+            "config": config,
+            "accepts_extra_config": accepts_any,
+        }
+        if entry.kind == "preset":
+            info["config"] = entry.factory()
+        elif entry.kind == "metric":
+            info["config"] = {}
+        return info
+
+    def build(self, kind: str, name: str, **config: Any) -> Any:
+        entry = self.get(kind, name)
+        check_config_keys(entry, config)
+        return entry.factory(**config)
+
+
+def check_config_keys(entry: ComponentEntry, config: dict[str, Any]) -> None:
+    """Raise ``ConfigError`` (with did-you-mean) for keys the factory does not take."""
+    defaults, accepts_any = factory_config_defaults(entry.factory)
+    if accepts_any:
+        return
+    allowed = set(defaults) | set(CONTEXT_KEYS)
+    for key in config:
+        if key not in allowed:
+            hint = close_matches(key, defaults)
+            extra = f" Did you mean {hint[0]!r}?" if hint else ""
+            keys = ", ".join(sorted(defaults)) or "none"
+            raise ConfigError(f"{entry.kind} {entry.name!r} has no config key {key!r}.{extra} Its keys: {keys}.")
+
+
+_registry: Registry | None = None
+_lock = threading.RLock()
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, loading built-ins and entry-point plugins on first call."""
+    global _registry
+    with _lock:
+        if _registry is None:
+            from .plugin_manager import load_plugins
+
+            registry = Registry()
+            load_plugins(registry)
+            _registry = registry
+        return _registry
+
+
+def reset_registry() -> None:
+    """Forget the loaded plugins; the next lookup reloads them (re-reading the environment)."""
+    global _registry
+    with _lock:
+        _registry = None
+
+
+def list_components(kind: str | None = None, pattern: str = "*") -> list[str]:
+    """Registered names of ``kind`` (all kinds when ``None``) matching the fnmatch ``pattern``, sorted."""
+    return get_registry().list(kind, pattern)
+
+
+def describe(name: str, kind: str | None = None) -> dict[str, Any]:
+    """Kind, description, providing plugin/distribution/version and config defaults of ``name``."""
+    return get_registry().describe(name, kind)
+
+
+def build_component(kind: str, name: str, **config: Any) -> Any:
+    """Build the component ``name`` of ``kind`` by calling its factory with ``config``."""
+    return get_registry().build(kind, name, **config)

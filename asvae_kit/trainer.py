@@ -1,0 +1,412 @@
+"""The ``Trainer``: alternating discriminator and encoder/decoder steps (DESIGN.md §1), logging,
+image grids, checkpoints, save/load.
+
+A run directory holds ``config.json``, ``model.safetensors``, ``trainer_state.pt`` (optimizers,
+RNG states, step; read with ``weights_only=True``), ``metrics.csv`` and PNG grids
+(``samples.png``/``reconstructions.png`` for the latest, ``images/`` for every one).  Every file
+is written atomically, so a crash leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .data import BatchStream, check_images, first_images
+from .divergence import JointBatch, check_head_count
+from .errors import AsvaeKitError, CheckpointError, ConfigError
+from .fileio import atomic_path, atomic_write_text
+from .images import save_image_grid
+
+__all__ = ["Trainer", "TrainingDivergedError", "CONFIG_FILE", "MODEL_FILE", "STATE_FILE", "METRICS_FILE"]
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "trainer_state.pt"
+METRICS_FILE = "metrics.csv"
+GRID_SIZE = 64
+RECON_PAIRS = 32
+
+
+class TrainingDivergedError(AsvaeKitError, FloatingPointError):
+    """A loss became NaN or infinite; the last checkpoint on disk is untouched."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but this torch build sees no CUDA GPU; use device='cpu' or 'auto'")
+    return device
+
+
+class Trainer:
+    """Encoder, decoder, discriminator and divergence with their optimizers and training loop.
+
+    Build one with ``asvae_kit.build(...)`` or ``asvae_kit.load(run_dir)``.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        discriminator: nn.Module | None,
+        divergence: Any,
+        data_shape: tuple[int, int, int],
+        dataset: Any = None,
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(config["device"])
+        self.data_shape = tuple(data_shape)
+        self.latent_dim = int(config["latent_dim"])
+        self.divergence = divergence
+        self.num_heads = int(getattr(divergence, "num_heads", 0))
+        check_head_count(discriminator, self.num_heads, config["divergence"]["name"])
+        self.encoder = encoder.to(self.device)
+        self.decoder = decoder.to(self.device)
+        self.discriminator = discriminator.to(self.device) if self.num_heads > 0 and discriminator is not None else None
+
+        optim = config["optim"]
+        betas = tuple(optim["betas"])
+        self.gen_optimizer = torch.optim.Adam(
+            [*self.encoder.parameters(), *self.decoder.parameters()], lr=optim["lr"], betas=betas, weight_decay=optim["weight_decay"]
+        )
+        self.disc_optimizer = (
+            torch.optim.Adam(
+                self.discriminator.parameters(), lr=optim["disc_lr"] or optim["lr"], betas=betas, weight_decay=optim["weight_decay"]
+            )
+            if self.discriminator is not None
+            else None
+        )
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.run_dir: Path | None = None
+        self._dataset = dataset
+        self.data_generator = torch.Generator().manual_seed(int(config["seed"]))
+        fixed = torch.Generator().manual_seed(int(config["seed"]) + 1)
+        self.fixed_z = torch.randn(GRID_SIZE, self.latent_dim, generator=fixed).to(self.device)
+        self._recon_images: torch.Tensor | None = None
+        self._pending: dict[str, list[float]] = {}
+        self._csv_columns: list[str] | None = None
+
+    # ------------------------------------------------------------------------------------------
+    # data
+
+    @property
+    def dataset(self) -> Any:
+        """The configured dataset, built on first use (``load`` does not read data until needed)."""
+        if self._dataset is None:
+            entry = self.config["data"]
+            if entry.get("name") is None:
+                raise ConfigError("this trainer has no configured data (data=None); pass data to fit() or evaluate()")
+            from .registry import build_component
+
+            self._dataset = build_component("dataset", entry["name"], **{k: v for k, v in entry.items() if k != "name"})
+        return self._dataset
+
+    def _eval_images(self, data: Any = None) -> torch.Tensor:
+        source = self.dataset if data is None else data
+        n = self.config["eval_size"] or 512
+        images = check_images(first_images(source, n), "evaluation data", self.data_shape)
+        return images.to(self.device)
+
+    # ------------------------------------------------------------------------------------------
+    # one step
+
+    def _modules(self) -> list[nn.Module]:
+        return [m for m in (self.encoder, self.decoder, self.discriminator) if m is not None]
+
+    def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One algorithm step on the batch ``x``: ``n_critic`` discriminator updates on the step's
+        samples (generator outputs detached), then one encoder/decoder update with the
+        discriminator frozen.  Returns the detached loss terms."""
+        for m in self._modules():
+            m.train()
+        batch = JointBatch(x, self.encoder, self.decoder, self.latent_dim, sample_x=self.config["sample_x"])
+        diagnostics: dict[str, torch.Tensor] = {}
+        if self.discriminator is not None:
+            for _ in range(self.config["optim"]["n_critic"]):
+                d_loss, d_terms = self.divergence.discriminator_loss(self.discriminator, batch)
+                self._check_finite(d_loss, "discriminator loss", d_terms)
+                self.disc_optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+                d_loss.backward()
+                self.disc_optimizer.step()  # type: ignore[union-attr]
+            diagnostics.update(d_terms)
+            self.discriminator.requires_grad_(False)
+        try:
+            g_loss, g_terms = self.divergence.generator_loss(self.discriminator, batch)
+            self._check_finite(g_loss, "encoder/decoder loss", g_terms)
+            self.gen_optimizer.zero_grad(set_to_none=True)
+            g_loss.backward()
+            self.gen_optimizer.step()
+        finally:
+            if self.discriminator is not None:
+                self.discriminator.requires_grad_(True)
+        diagnostics.update(g_terms)
+        self.step += 1
+        return diagnostics
+
+    def _check_finite(self, loss: torch.Tensor, what: str, terms: dict[str, torch.Tensor]) -> None:
+        if not torch.isfinite(loss).item():
+            detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+            raise TrainingDivergedError(
+                f"the {what} became {float(loss)} at step {self.step + 1} ({detail}). The last checkpoint is "
+                "untouched; lower optim.lr, or check the data for extreme values."
+            )
+
+    # ------------------------------------------------------------------------------------------
+    # the loop
+
+    def fit(self, steps: int | None = None, data: Any = None, *, run_dir: str | os.PathLike | None = None, progress: bool | None = None) -> "Trainer":
+        """Train until ``self.step == steps`` (the run's total; default ``config['steps']``).
+
+        ``data``: a ``Dataset``, ``DataLoader`` or image tensor ``[N, C, H, W]`` in [0, 1]; default
+        the configured dataset.  ``run_dir``: where metrics, grids and checkpoints go (default the
+        directory this trainer was loaded from or last saved to; none means nothing is written).
+        ``progress``: a tqdm bar; by default only when stderr is a terminal.
+        """
+        total = int(self.config["steps"] if steps is None else steps)
+        if total < 0:
+            raise ConfigError(f"steps must be non-negative, got {total}")
+        if run_dir is not None:
+            self.run_dir = Path(run_dir)
+        source = self.dataset if data is None else data
+        if self._recon_images is None or data is not None:
+            self._recon_images = check_images(first_images(source, RECON_PAIRS), "training data", self.data_shape).to(self.device)
+        stream = BatchStream(source, self.config["batch_size"], self.data_shape, self.device, self.data_generator)
+        log_every, sample_every, ckpt_every = (self.config[k] for k in ("log_every", "sample_every", "checkpoint_every"))
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+
+        from tqdm.auto import tqdm
+
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = tqdm(total=total, initial=min(self.step, total), disable=not show, unit="step", dynamic_ncols=True)
+        start = time.perf_counter()
+        started_at = self.step
+        try:
+            while self.step < total:
+                terms = self.train_step(next(stream))
+                for k, v in terms.items():
+                    self._pending.setdefault(k, []).append(float(v))
+                bar.update(1)
+                if log_every and (self.step % log_every == 0 or self.step == total):
+                    row = self._log_row(time.perf_counter() - start, self.step - started_at)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k not in ("step", "time_s", "steps_per_s")}, refresh=False)
+                if self.run_dir is not None:
+                    if sample_every and self.step % sample_every == 0:
+                        self.save_grids(self.run_dir)
+                    if ckpt_every and self.step % ckpt_every == 0:
+                        self.save(self.run_dir)
+        except KeyboardInterrupt:
+            if self.run_dir is not None:
+                self.save(self.run_dir)
+                print(f"\ninterrupted at step {self.step}; checkpoint saved to {self.run_dir}", file=sys.stderr)
+            raise
+        finally:
+            bar.close()
+        if self._pending:
+            self._log_row(time.perf_counter() - start, self.step - started_at)
+        if self.run_dir is not None:
+            self.save_grids(self.run_dir)
+            self.save(self.run_dir)
+        return self
+
+    def _log_row(self, elapsed: float, steps_done: int) -> dict[str, float]:
+        """Average the terms gathered since the last row into one history/metrics.csv row."""
+        row: dict[str, float] = {"step": self.step}
+        row.update({k: sum(v) / len(v) for k, v in sorted(self._pending.items())})
+        row["time_s"] = round(elapsed, 3)
+        row["steps_per_s"] = round(steps_done / elapsed, 3) if elapsed > 0 else float("nan")
+        self._pending = {}
+        self.history.append(row)
+        if self.run_dir is not None:
+            self._append_csv(row)
+        return row
+
+    def _append_csv(self, row: dict[str, float]) -> None:
+        path = self.run_dir / METRICS_FILE  # type: ignore[operator]
+        if self._csv_columns is None:
+            if path.exists() and path.stat().st_size > 0:
+                with open(path, newline="") as f:
+                    self._csv_columns = next(csv.reader(f), None)
+            if not self._csv_columns:
+                self._csv_columns = list(row)
+                with open(path, "w", newline="") as f:
+                    csv.writer(f).writerow(self._csv_columns)
+        with open(path, "a", newline="") as f:
+            csv.writer(f).writerow([_fmt(row.get(c)) for c in self._csv_columns])
+
+    # ------------------------------------------------------------------------------------------
+    # inference
+
+    def _eval(self) -> None:
+        for m in self._modules():
+            m.eval()
+
+    @torch.no_grad()
+    def sample(self, n: int, *, seed: int | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
+        """``n`` images ``[n, C, H, W]`` (the decoder's mean at z ~ p(z)); ``seed`` makes them repeatable."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"sample(n): n must be a positive integer, got {n!r}")
+        self._eval()
+        if z is None:
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+            z = torch.randn(n, self.latent_dim, generator=generator)
+        return self.decoder(z.to(self.device)).mean
+
+    def _as_input(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected an image tensor [B, C, H, W], got {type(x).__name__}")
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(f"images have shape {list(x.shape)}, expected [B, {', '.join(map(str, self.data_shape))}]")
+        return x.to(self.device, dtype=torch.float32)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior mean E[z|x], ``[B, latent_dim]``."""
+        self._eval()
+        return self.encoder(self._as_input(x)).mean
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """decoder(encode(x)).mean, ``[B, C, H, W]``."""
+        self._eval()
+        return self.decoder(self.encoder(self._as_input(x)).mean).mean
+
+    @torch.no_grad()
+    def evaluate(self, metrics: Iterable[str] | None = None, data: Any = None) -> dict[str, float]:
+        """Run the named metrics (default ``config['metrics']``) on up to ``eval_size`` images."""
+        from .registry import get_registry
+
+        names = list(self.config["metrics"] if metrics is None else ([metrics] if isinstance(metrics, str) else metrics))
+        fns = [get_registry().get("metric", name).factory for name in names]
+        images = self._eval_images(data)
+        self._eval()
+        results: dict[str, float] = {}
+        for fn in fns:
+            results.update({k: float(v) for k, v in fn(self, images).items()})
+        return results
+
+    # ------------------------------------------------------------------------------------------
+    # persistence
+
+    def save_grids(self, run_dir: str | os.PathLike) -> None:
+        """Write the fixed-noise sample grid and the data/reconstruction grid for this step."""
+        run_dir = Path(run_dir)
+        samples = self.sample(GRID_SIZE, z=self.fixed_z)
+        save_image_grid(samples, run_dir / "images" / f"samples_{self.step:07d}.png")
+        save_image_grid(samples, run_dir / "samples.png")
+        if self._recon_images is not None:
+            x = self._recon_images[:RECON_PAIRS]
+            recon = self.reconstruct(x)
+            # rows alternate: 8 originals, then their 8 reconstructions
+            pairs = torch.cat([torch.stack([a, b]) for a, b in zip(x.split(8), recon.split(8))], dim=0).flatten(0, 1)
+            save_image_grid(pairs, run_dir / "images" / f"reconstructions_{self.step:07d}.png", nrow=8)
+            save_image_grid(pairs, run_dir / "reconstructions.png", nrow=8)
+
+    def _write_config(self) -> None:
+        config = dict(self.config)
+        config["data_shape"] = list(self.data_shape)
+        atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")  # type: ignore[operator]
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """All network weights, flat, prefixed ``encoder.``/``decoder.``/``discriminator.``."""
+        out: dict[str, torch.Tensor] = {}
+        for prefix, module in (("encoder", self.encoder), ("decoder", self.decoder), ("discriminator", self.discriminator)):
+            if module is not None:
+                for k, v in module.state_dict().items():
+                    out[f"{prefix}.{k}"] = v.detach().cpu().contiguous()
+        return out
+
+    def save(self, run_dir: str | os.PathLike | None = None) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and ``trainer_state.pt`` atomically."""
+        from safetensors.torch import save_file
+
+        if run_dir is None and self.run_dir is None:
+            raise ValueError("save() needs a run directory the first time: trainer.save('runs/my-run')")
+        self.run_dir = Path(run_dir) if run_dir is not None else self.run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        self._write_config()
+        with atomic_path(self.run_dir / MODEL_FILE) as tmp:  # type: ignore[operator]
+            save_file(self.state_tensors(), str(tmp), metadata={"format": "pt", "step": str(self.step)})
+        state = {
+            "step": self.step,
+            "gen_optimizer": self.gen_optimizer.state_dict(),
+            "disc_optimizer": self.disc_optimizer.state_dict() if self.disc_optimizer is not None else None,
+            "scaler": None,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "data": self.data_generator.get_state(),
+            },
+            "history": self.history,
+        }
+        with atomic_path(self.run_dir / STATE_FILE) as tmp:  # type: ignore[operator]
+            torch.save(state, tmp)
+        return self.run_dir  # type: ignore[return-value]
+
+    def load_state(self, run_dir: str | os.PathLike) -> None:
+        """Load weights and trainer state written by ``save``."""
+        from safetensors.torch import load_file
+
+        run_dir = Path(run_dir)
+        model_path, state_path = run_dir / MODEL_FILE, run_dir / STATE_FILE
+        if not model_path.is_file():
+            raise CheckpointError(f"{model_path} is missing; is {run_dir} a run directory written by asvae-kit?")
+        try:
+            tensors = load_file(str(model_path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{model_path} cannot be read ({exc}); the file is corrupt") from None
+        for prefix, module in (("encoder", self.encoder), ("decoder", self.decoder), ("discriminator", self.discriminator)):
+            if module is None:
+                continue
+            sub = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+            try:
+                module.load_state_dict(sub)
+            except RuntimeError as exc:
+                raise CheckpointError(f"{model_path}: the {prefix} weights do not fit the config's network: {exc}") from None
+        if state_path.is_file():
+            try:
+                state = torch.load(state_path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise CheckpointError(f"{state_path} cannot be read ({exc}); delete it to load the weights alone") from None
+            self.step = int(state["step"])
+            self.gen_optimizer.load_state_dict(state["gen_optimizer"])
+            if self.disc_optimizer is not None and state.get("disc_optimizer") is not None:
+                self.disc_optimizer.load_state_dict(state["disc_optimizer"])
+            rng = state.get("rng", {})
+            if "torch" in rng:
+                torch.set_rng_state(rng["torch"])
+            if rng.get("cuda") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            if "data" in rng:
+                self.data_generator.set_state(rng["data"])
+            self.history = list(state.get("history", []))
+        self.run_dir = run_dir
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    return str(value)

@@ -1,0 +1,106 @@
+"""Network building blocks shared by the built-in encoders, decoders and discriminators."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asvae_kit.errors import ConfigError, UnsupportedShapeError
+from asvae_kit.shapes import downsample_sizes
+
+__all__ = ["mlp", "ResBlock", "ConvDownStack", "ConvUpStack", "check_input", "channel_widths", "check_positive_int", "check_hidden"]
+
+
+def mlp(sizes: Sequence[int], *, final_activation: bool = False, slope: float = 0.2, dropout: float = 0.0) -> nn.Sequential:
+    """Linear layers of the given sizes with LeakyReLU between them."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2 or final_activation:
+            layers.append(nn.LeakyReLU(slope))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+def check_input(t: torch.Tensor, expected: Sequence[int], what: str, component: str) -> None:
+    """Raise ``UnsupportedShapeError`` unless ``t`` is ``[B, *expected]``."""
+    if t.dim() != len(expected) + 1 or tuple(t.shape[1:]) != tuple(expected):
+        raise UnsupportedShapeError(
+            f"{component} expects {what} of shape [B, {', '.join(map(str, expected))}], got {list(t.shape)}"
+        )
+
+
+def channel_widths(width: int, steps: int, max_mult: int = 4) -> list[int]:
+    """Channel count before each of ``steps`` downsamplings and after the last: w, 2w, 4w, 4w..."""
+    return [width * min(2**i, max_mult) for i in range(steps + 1)]
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: (LeakyReLU, conv3x3) x 2 plus a (1x1 conv) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.shortcut = (
+            nn.Identity() if (c_in == c_out and stride == 1) else nn.Conv2d(c_in, c_out, 1, stride=stride)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.leaky_relu(x, 0.2))
+        h = self.conv2(F.leaky_relu(h, 0.2))
+        return self.shortcut(x) + h
+
+
+class ConvDownStack(nn.Module):
+    """Images [B, C, S, S] -> flat features [B, c_last * 4 * 4] through strided residual blocks."""
+
+    def __init__(self, channels: int, size: int, width: int) -> None:
+        super().__init__()
+        sizes = downsample_sizes(size)
+        widths = channel_widths(width, len(sizes) - 1)
+        self.stem = nn.Conv2d(channels, widths[0], 3, padding=1)
+        self.blocks = nn.Sequential(*(ResBlock(widths[i], widths[i + 1], stride=2) for i in range(len(sizes) - 1)))
+        self.out_features = widths[-1] * sizes[-1] * sizes[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.blocks(self.stem(x)), 0.2).flatten(1)
+
+
+class ConvUpStack(nn.Module):
+    """Flat codes [B, in_features] -> [B, out_channels, S, S] via 4x4 and nearest upsampling."""
+
+    def __init__(self, in_features: int, out_channels: int, size: int, width: int) -> None:
+        super().__init__()
+        sizes = downsample_sizes(size)[::-1]  # e.g. [4, 7, 14, 28]
+        widths = channel_widths(width, len(sizes) - 1)[::-1]
+        self.sizes = sizes
+        self.top = widths[0]
+        self.fc = nn.Linear(in_features, widths[0] * sizes[0] * sizes[0])
+        self.blocks = nn.ModuleList(ResBlock(widths[i], widths[i + 1]) for i in range(len(sizes) - 1))
+        self.out = nn.Conv2d(widths[-1], out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z).view(z.shape[0], self.top, self.sizes[0], self.sizes[0])
+        for block, size in zip(self.blocks, self.sizes[1:]):
+            h = block(F.interpolate(h, size=(size, size), mode="nearest"))
+        return self.out(F.leaky_relu(h, 0.2))
+
+
+def check_positive_int(value: object, key: str, component: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{component}: {key} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_hidden(hidden: object, component: str) -> list[int]:
+    """A non-empty list of positive layer widths."""
+    if isinstance(hidden, int):
+        hidden = [hidden]
+    if not isinstance(hidden, (list, tuple)) or not hidden:
+        raise ConfigError(f"{component}: hidden must be a non-empty list of layer widths, got {hidden!r}")
+    return [check_positive_int(h, "hidden", component) for h in hidden]

@@ -1,0 +1,365 @@
+"""Built-in datasets: ``digits`` (offline default), ``mnist``, ``fashion-mnist``, ``cifar10``,
+``image-folder`` and ``tensor`` (DESIGN.md §5).
+
+Nothing here downloads unless the user passes ``download=True``; missing files raise an error
+saying which files to put where.  Every factory returns an ``asvae_kit.data.ImageDataset``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import asvae_kit
+from asvae_kit.data import ImageDataset
+from asvae_kit.errors import ConfigError, DataError
+from asvae_kit.fileio import atomic_path
+
+__all__ = ["load_digits", "load_idx_dataset", "load_cifar10", "load_image_folder", "load_tensor_file", "IDX_FILES"]
+
+SPLITS = ("train", "test")
+
+# The original gzip files. SHA-256 where it was computed from the published files (the copies
+# in ../shared/data match torchvision's MD5s); MD5 (torchvision's) where no SHA-256 is at hand.
+IDX_FILES: dict[str, dict[str, tuple[str, str]]] = {
+    # name -> split -> (images file, labels file); checksums live in IDX_CHECKSUMS
+    "mnist": {
+        "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    },
+    "fashion-mnist": {
+        "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    },
+}
+IDX_CHECKSUMS: dict[str, dict[str, tuple[str, str]]] = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": ("md5", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+        "train-labels-idx1-ubyte.gz": ("sha256", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+        "t10k-images-idx3-ubyte.gz": ("sha256", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+        "t10k-labels-idx1-ubyte.gz": ("sha256", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": ("sha256", "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+        "train-labels-idx1-ubyte.gz": ("sha256", "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+        "t10k-images-idx3-ubyte.gz": ("sha256", "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+        "t10k-labels-idx1-ubyte.gz": ("sha256", "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+    },
+}
+IDX_MIRRORS = {
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _check_split(split: str, name: str) -> str:
+    if split not in SPLITS:
+        raise ConfigError(f"dataset {name!r}: split must be one of {SPLITS}, got {split!r}")
+    return split
+
+
+def _check_limit(limit: Any, name: str) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigError(f"dataset {name!r}: limit must be a positive integer or null, got {limit!r}")
+    return limit
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None, name: str, *, download: bool = False) -> Path:
+    """``data_dir``, else ``$ASVAE_KIT_DATA``, else (only when downloading) ``~/.cache/asvae-kit``."""
+    if data_dir is None:
+        data_dir = os.environ.get("ASVAE_KIT_DATA") or None
+    if data_dir is None:
+        if download:
+            return Path.home() / ".cache" / "asvae-kit"
+        raise DataError(
+            f"dataset {name!r} reads files from a directory: pass --data-dir PATH (Python: data_dir=...) "
+            f"or set ASVAE_KIT_DATA; pass --download to fetch the published files"
+        )
+    return Path(data_dir).expanduser()
+
+
+def _file_digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_checksum(path: Path, algorithm: str, expected: str) -> None:
+    actual = _file_digest(path, algorithm)
+    if actual != expected:
+        raise DataError(
+            f"{path}: {algorithm.upper()} is {actual}, expected {expected} (the published file); "
+            "the file is corrupt or a different release: delete it and fetch it again"
+        )
+
+
+def _download(url: str, dest: Path) -> None:
+    """Fetch ``url`` to ``dest`` atomically, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    with urllib.request.urlopen(url, timeout=60) as response, atomic_path(dest) as tmp:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
+            while chunk := response.read(1 << 16):
+                out.write(chunk)
+                bar.update(len(chunk))
+
+
+# ---------------------------------------------------------------------------------------------
+# digits
+
+
+def load_digits(limit: int | None = None) -> ImageDataset:
+    """The 1797 8x8 handwritten digits bundled with scikit-learn (offline; 17 grey levels)."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    limit = _check_limit(limit, "digits")
+    bunch = sk_load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return ImageDataset(images, labels, name="digits")
+
+
+# ---------------------------------------------------------------------------------------------
+# IDX (MNIST, Fashion-MNIST)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes (magic {raw[:4].hex()})")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims)) if dims else 0
+    if len(raw) - offset != expected:
+        raise DataError(f"{path}: header says {dims} ({expected} bytes) but holds {len(raw) - offset}; the file is truncated")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _find_idx_file(root: Path, name: str, filename: str) -> Path | None:
+    for candidate in (root / filename, root / name / filename, root / name.replace("-", "_") / filename):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_idx_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "train",
+    download: bool = False,
+    limit: int | None = None,
+    mirror: str | None = None,
+) -> ImageDataset:
+    """MNIST-format images from the original ``.gz`` IDX files, checksum-verified."""
+    split = _check_split(split, name)
+    limit = _check_limit(limit, name)
+    root = resolve_data_dir(data_dir, name, download=download)
+    images_file, labels_file = IDX_FILES[name][split]
+    paths: list[Path] = []
+    for filename in (images_file, labels_file):
+        path = _find_idx_file(root, name, filename)
+        if path is None and download:
+            path = root / name / filename
+            _download((mirror or IDX_MIRRORS[name]) + filename, path)
+        if path is None:
+            raise DataError(
+                f"dataset {name!r} ({split} split): {filename} not found in {root} or {root / name}. "
+                f"Put the original {images_file} and {labels_file} there, point --data-dir / ASVAE_KIT_DATA "
+                f"at the folder that holds them, or pass --download to fetch them from {mirror or IDX_MIRRORS[name]}"
+            )
+        algorithm, digest = IDX_CHECKSUMS[name][filename]
+        verify_checksum(path, algorithm, digest)
+        paths.append(path)
+    images = _read_idx(paths[0])
+    labels = _read_idx(paths[1])
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"dataset {name!r}: images {images.shape} and labels {labels.shape} do not match")
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    return ImageDataset(x, torch.from_numpy(labels.astype(np.int64)), name=f"{name}-{split}")
+
+
+def load_mnist(data_dir: str | None = None, split: str = "train", download: bool = False, limit: int | None = None) -> ImageDataset:
+    return load_idx_dataset("mnist", data_dir, split, download, limit)
+
+
+def load_fashion_mnist(data_dir: str | None = None, split: str = "train", download: bool = False, limit: int | None = None) -> ImageDataset:
+    return load_idx_dataset("fashion-mnist", data_dir, split, download, limit)
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10 (python batches, read with a restricted unpickler: no code runs)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, lists and dicts only; refuses every other global."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise DataError(f"refusing to unpickle {module}.{name}: a CIFAR-10 batch holds only numpy arrays and lists")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as f:
+        batch = _ArrayUnpickler(io.BufferedReader(f), encoding="bytes").load()  # type: ignore[arg-type]
+    if not isinstance(batch, dict):
+        raise DataError(f"{path} is not a CIFAR-10 python batch (got {type(batch).__name__})")
+    data = batch.get(b"data", batch.get("data"))
+    labels = batch.get(b"labels", batch.get("labels"))
+    if data is None or labels is None:
+        raise DataError(f"{path} is not a CIFAR-10 python batch (keys {list(batch)})")
+    data = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return data, np.asarray(labels, dtype=np.int64)
+
+
+def load_cifar10(data_dir: str | None = None, split: str = "train", limit: int | None = None) -> ImageDataset:
+    """CIFAR-10 from its python batches (``data_batch_1..5``, ``test_batch``) in a directory."""
+    split = _check_split(split, "cifar10")
+    limit = _check_limit(limit, "cifar10")
+    root = resolve_data_dir(data_dir, "cifar10")
+    folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise DataError(
+            f"dataset 'cifar10' ({split} split): {', '.join(missing)} not found in {folder}. Unpack "
+            "cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) and point --data-dir at it"
+        )
+    parts = [_read_cifar_batch(folder / n) for n in names]
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return ImageDataset(torch.from_numpy(images.astype(np.float32) / 255.0), torch.from_numpy(labels), name=f"cifar10-{split}")
+
+
+# ---------------------------------------------------------------------------------------------
+# image folder and tensor files
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def load_image_folder(path: str | None = None, size: int | None = None, channels: int | None = None, limit: int | None = None) -> ImageDataset:
+    """Every PNG/JPEG under ``path`` (recursively), as grey (channels=1) or RGB (channels=3),
+    resized to ``size`` x ``size`` when given (else all images must share one size)."""
+    from PIL import Image
+
+    if path is None:
+        raise ConfigError("dataset 'image-folder' needs path=DIR (command line: --set data.path=DIR)")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"dataset 'image-folder': {root} is not a directory")
+    if channels not in (None, 1, 3):
+        raise ConfigError(f"dataset 'image-folder': channels must be 1, 3 or null (from the first image), got {channels!r}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ConfigError(f"dataset 'image-folder': size must be a positive integer or null, got {size!r}")
+    limit = _check_limit(limit, "image-folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"dataset 'image-folder': no {'/'.join(IMAGE_SUFFIXES)} files under {root}")
+    if limit is not None:
+        files = files[:limit]
+    arrays = []
+    for f in files:
+        with Image.open(f) as im:
+            if channels is None:
+                channels = 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
+            im = im.convert("L" if channels == 1 else "RGB")
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+        if arrays and arr.shape != arrays[0].shape:
+            raise DataError(
+                f"dataset 'image-folder': {f} is {arr.shape[1]}x{arr.shape[0]} but {files[0]} is "
+                f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; pass size=N to resize them all"
+            )
+        arrays.append(arr)
+    stacked = np.stack(arrays)
+    if stacked.ndim == 3:
+        stacked = stacked[:, None]
+    else:
+        stacked = stacked.transpose(0, 3, 1, 2)
+    return ImageDataset(torch.from_numpy(stacked.astype(np.float32) / 255.0), name=f"image-folder:{root.name}")
+
+
+def load_tensor_file(path: str | None = None, limit: int | None = None) -> ImageDataset:
+    """Images from a ``.npy`` or ``.pt`` file: ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, H, W, C]``
+    (C of 1 or 3), float in [0, 1] or uint8 (divided by 255).  ``.pt`` is read with ``weights_only``."""
+    if path is None:
+        raise ConfigError("dataset 'tensor' needs path=FILE.npy|FILE.pt (command line: --set data.path=FILE)")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"dataset 'tensor': {p} does not exist")
+    limit = _check_limit(limit, "tensor")
+    if p.suffix == ".npy":
+        t = torch.from_numpy(np.load(p, allow_pickle=False))
+    elif p.suffix == ".pt":
+        t = torch.load(p, map_location="cpu", weights_only=True)
+        if isinstance(t, dict):
+            t = t.get("images", t.get("x"))
+        if not isinstance(t, torch.Tensor):
+            raise DataError(f"dataset 'tensor': {p} must hold a tensor (or a dict with 'images'), got {type(t).__name__}")
+    else:
+        raise DataError(f"dataset 'tensor': {p} must end in .npy or .pt")
+    if t.dim() == 3:
+        t = t.unsqueeze(1)
+    elif t.dim() == 4 and t.shape[1] not in (1, 3) and t.shape[-1] in (1, 3):
+        t = t.permute(0, 3, 1, 2)
+    if t.dtype == torch.uint8:
+        t = t.float() / 255.0
+    elif not t.is_floating_point():
+        raise DataError(f"dataset 'tensor': {p} holds {t.dtype}; use float in [0, 1] or uint8")
+    if limit is not None:
+        t = t[:limit]
+    return ImageDataset(t.contiguous().float(), name=f"tensor:{p.name}")
+
+
+@asvae_kit.hookimpl
+def register_datasets(register):
+    register("digits", load_digits, description="The 1797 8x8 handwritten digits bundled with scikit-learn (1x8x8; offline; the default).")
+    register(
+        "mnist",
+        load_mnist,
+        description="MNIST (1x28x28) from the original IDX .gz files in data_dir / ASVAE_KIT_DATA, checksum-verified; download=true fetches them.",
+    )
+    register(
+        "fashion-mnist",
+        load_fashion_mnist,
+        description="Fashion-MNIST (1x28x28) from the original IDX .gz files in data_dir / ASVAE_KIT_DATA, SHA-256-verified; download=true fetches them.",
+    )
+    register("cifar10", load_cifar10, description="CIFAR-10 (3x32x32) from the python batch files in data_dir (read without running pickled code).")
+    register("image-folder", load_image_folder, description="PNG/JPEG files under path (recursive), grey or RGB, optionally resized to size x size.")
+    register("tensor", load_tensor_file, description="Images from a .npy or .pt file: [N,H,W], [N,C,H,W] or [N,H,W,C]; float in [0,1] or uint8.")

@@ -1,0 +1,101 @@
+"""Built-in joint discriminators T(x, z): ``joint-mlp`` and ``joint-resnet``.
+
+Both have an x branch, a z branch and a joint trunk giving ``features(x, z) -> [B, D]``, and a
+``head = nn.Linear(D, num_heads)``; the divergence reads the head through the fused op.  Neither
+uses batch statistics (no BatchNorm): the divergences stack several batches into one call, and
+each row's logit must depend on its own (x, z) alone.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+import asvae_kit
+from asvae_kit.shapes import check_data_shape, check_latent_dim
+
+from .blocks import ConvDownStack, check_hidden, check_input, check_positive_int, mlp
+
+__all__ = ["JointMLPDiscriminator", "JointResNetDiscriminator"]
+
+
+class _JointDiscriminator(nn.Module):
+    """features(x, z) = trunk([x_branch(x), z_branch(z)]); forward = head(features)."""
+
+    name = "joint"
+
+    def _init_joint(self, x_branch: nn.Module, x_features: int, latent_dim: int, hidden: list[int], num_heads: int, dropout: float) -> None:
+        self.x_branch = x_branch
+        self.z_branch = mlp([latent_dim, hidden[0]], final_activation=True)
+        self.trunk = mlp([x_features + hidden[0], *hidden], final_activation=True, dropout=dropout)
+        self.num_heads = check_positive_int(num_heads, "num_heads", f"discriminator {self.name!r}")
+        self.head = nn.Linear(hidden[-1], num_heads)
+
+    def features(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        component = f"discriminator {self.name!r}"
+        check_input(x, self.data_shape, "images", component)
+        check_input(z, (self.latent_dim,), "codes", component)
+        return self.trunk(torch.cat([self.x_branch(x), self.z_branch(z)], dim=1))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x, z))
+
+
+class JointMLPDiscriminator(_JointDiscriminator):
+    """Fully connected x branch, z branch and trunk."""
+
+    name = "joint-mlp"
+
+    def __init__(
+        self,
+        *,
+        data_shape: Sequence[int],
+        latent_dim: int,
+        num_heads: int,
+        hidden: Sequence[int] = (512, 256),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.data_shape = check_data_shape(data_shape, f"discriminator {self.name!r}")
+        self.latent_dim = check_latent_dim(latent_dim, f"discriminator {self.name!r}")
+        hidden = check_hidden(hidden, f"discriminator {self.name!r}")
+        c, h, w = self.data_shape
+        x_branch = nn.Sequential(nn.Flatten(), mlp([c * h * w, hidden[0]], final_activation=True))
+        self._init_joint(x_branch, hidden[0], latent_dim, hidden, num_heads, dropout)
+
+
+class JointResNetDiscriminator(_JointDiscriminator):
+    """Convolutional residual x branch (down to 4x4), fully connected z branch and trunk."""
+
+    name = "joint-resnet"
+
+    def __init__(
+        self,
+        *,
+        data_shape: Sequence[int],
+        latent_dim: int,
+        num_heads: int,
+        width: int = 32,
+        hidden: Sequence[int] = (512, 256),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.data_shape = check_data_shape(data_shape, f"discriminator {self.name!r}")
+        self.latent_dim = check_latent_dim(latent_dim, f"discriminator {self.name!r}")
+        width = check_positive_int(width, "width", f"discriminator {self.name!r}")
+        hidden = check_hidden(hidden, f"discriminator {self.name!r}")
+        c, size, _ = self.data_shape
+        x_branch = ConvDownStack(c, size, width)
+        self._init_joint(x_branch, x_branch.out_features, latent_dim, hidden, num_heads, dropout)
+
+
+@asvae_kit.hookimpl
+def register_discriminators(register):
+    register("joint-mlp", JointMLPDiscriminator, description="T(x, z): fully connected x branch, z branch and joint trunk; one logit per head.")
+    register(
+        "joint-resnet",
+        JointResNetDiscriminator,
+        description="T(x, z): convolutional residual x branch, fully connected z branch and joint trunk; one logit per head.",
+    )

@@ -1,0 +1,110 @@
+"""Built-in encoders q(z|x): ``mlp`` (Gaussian), ``mlp-implicit`` (noise in) and ``resnet`` (Gaussian)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+import asvae_kit
+from asvae_kit.distributions import GaussianPosterior, ImplicitPosterior
+from asvae_kit.shapes import check_data_shape, check_latent_dim
+
+from .blocks import ConvDownStack, check_hidden, check_input, check_positive_int, mlp
+
+__all__ = ["MLPEncoder", "ImplicitMLPEncoder", "ResNetEncoder"]
+
+LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
+
+
+class _GaussianHead(nn.Module):
+    """Features -> (mean, logvar) of a diagonal Gaussian, logvar clamped to a sane range."""
+
+    def __init__(self, in_features: int, latent_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, 2 * latent_dim)
+
+    def forward(self, h: torch.Tensor) -> GaussianPosterior:
+        mean, logvar = self.linear(h).chunk(2, dim=-1)
+        return GaussianPosterior(mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
+
+
+class MLPEncoder(nn.Module):
+    """Fully connected Gaussian encoder: flatten, LeakyReLU MLP, (mean, logvar)."""
+
+    def __init__(self, *, data_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (512, 256)) -> None:
+        super().__init__()
+        self.data_shape = check_data_shape(data_shape, "encoder 'mlp'")
+        self.latent_dim = check_latent_dim(latent_dim, "encoder 'mlp'")
+        hidden = check_hidden(hidden, "encoder 'mlp'")
+        c, h, w = self.data_shape
+        self.body = mlp([c * h * w, *hidden], final_activation=True)
+        self.head = _GaussianHead(hidden[-1], latent_dim)
+
+    def forward(self, x: torch.Tensor) -> GaussianPosterior:
+        check_input(x, self.data_shape, "images", "encoder 'mlp'")
+        return self.head(self.body(x.flatten(1)))
+
+
+class ImplicitMLPEncoder(nn.Module):
+    """Implicit encoder: z = net(x, eps), eps ~ N(0, I); no closed-form density.
+
+    ``log q(z|x)`` is taken as a Gaussian around ``mean = net(x, 0)`` with a learned diagonal
+    standard deviation (``ImplicitPosterior``), which is what the ``asvae`` objective's ℓ_z uses.
+    """
+
+    def __init__(
+        self,
+        *,
+        data_shape: Sequence[int],
+        latent_dim: int,
+        hidden: Sequence[int] = (512, 256),
+        noise_dim: int = 16,
+        init_log_scale: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.data_shape = check_data_shape(data_shape, "encoder 'mlp-implicit'")
+        self.latent_dim = check_latent_dim(latent_dim, "encoder 'mlp-implicit'")
+        self.noise_dim = check_positive_int(noise_dim, "noise_dim", "encoder 'mlp-implicit'")
+        hidden = check_hidden(hidden, "encoder 'mlp-implicit'")
+        c, h, w = self.data_shape
+        self.net = mlp([c * h * w + noise_dim, *hidden, latent_dim])
+        self.log_scale = nn.Parameter(torch.full((latent_dim,), float(init_log_scale)))
+
+    def forward(self, x: torch.Tensor) -> ImplicitPosterior:
+        check_input(x, self.data_shape, "images", "encoder 'mlp-implicit'")
+        flat = x.flatten(1)
+        eps = torch.randn(flat.shape[0], self.noise_dim, device=x.device, dtype=x.dtype)
+        both = self.net(torch.cat([flat.repeat(2, 1), torch.cat([eps, torch.zeros_like(eps)])], dim=1))
+        z, mean = both.chunk(2, dim=0)
+        return ImplicitPosterior(z, mean, self.log_scale)
+
+
+class ResNetEncoder(nn.Module):
+    """Convolutional residual Gaussian encoder: strided residual blocks down to 4x4, then (mean, logvar)."""
+
+    def __init__(self, *, data_shape: Sequence[int], latent_dim: int, width: int = 32) -> None:
+        super().__init__()
+        self.data_shape = check_data_shape(data_shape, "encoder 'resnet'")
+        self.latent_dim = check_latent_dim(latent_dim, "encoder 'resnet'")
+        width = check_positive_int(width, "width", "encoder 'resnet'")
+        c, size, _ = self.data_shape
+        self.body = ConvDownStack(c, size, width)
+        self.head = _GaussianHead(self.body.out_features, latent_dim)
+
+    def forward(self, x: torch.Tensor) -> GaussianPosterior:
+        check_input(x, self.data_shape, "images", "encoder 'resnet'")
+        return self.head(self.body(x))
+
+
+@asvae_kit.hookimpl
+def register_encoders(register):
+    register("mlp", MLPEncoder, description="Gaussian q(z|x): fully connected LeakyReLU network giving mean and log-variance.")
+    register(
+        "mlp-implicit",
+        ImplicitMLPEncoder,
+        description="Implicit q(z|x): z = net(x, noise). log q(z|x) is a Gaussian around net(x, 0) "
+        "with a learned diagonal scale. No closed-form KL, so it pairs with avb/ali/asvae, not elbo.",
+    )
+    register("resnet", ResNetEncoder, description="Gaussian q(z|x): convolutional residual network down to 4x4.")

@@ -1,0 +1,70 @@
+"""Built-in presets: ``{mlp,resnet}-{vae,avb,ali,asvae}``.
+
+Siblings share networks and hyper-parameters and differ only in the divergence, so comparing
+them compares the estimators.  All default to the offline ``digits`` data; every one trains on
+8x8, 28x28, 32x32 and 64x64 images (override ``data``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asvae_kit
+
+__all__ = ["preset_config", "ARCHITECTURES", "DIVERGENCES"]
+
+DIVERGENCES = {"vae": "elbo", "avb": "avb", "ali": "ali", "asvae": "asvae"}
+
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "mlp": {
+        "encoder": {"name": "mlp", "hidden": [512, 256]},
+        "decoder": {"name": "mlp", "hidden": [256, 512], "likelihood": "bernoulli"},
+        "discriminator": {"name": "joint-mlp", "hidden": [512, 256]},
+        "latent_dim": 16,
+        "steps": 3000,
+    },
+    "resnet": {
+        "encoder": {"name": "resnet", "width": 32},
+        "decoder": {"name": "resnet", "width": 32, "likelihood": "bernoulli"},
+        "discriminator": {"name": "joint-resnet", "width": 32, "hidden": [256, 256]},
+        "latent_dim": 32,
+        "steps": 1500,
+    },
+}
+
+
+def preset_config(architecture: str, variant: str) -> dict[str, Any]:
+    """The complete config of preset ``{architecture}-{variant}``."""
+    arch = ARCHITECTURES[architecture]
+    return {
+        "encoder": dict(arch["encoder"]),
+        "decoder": dict(arch["decoder"]),
+        "discriminator": dict(arch["discriminator"]),
+        "divergence": {"name": DIVERGENCES[variant]},
+        "data": {"name": "digits"},
+        "latent_dim": arch["latent_dim"],
+        "batch_size": 64,
+        "steps": arch["steps"],
+        "optim": {"lr": 2e-4, "betas": [0.5, 0.999], "n_critic": 1},
+        "seed": 0,
+    }
+
+
+_WHAT = {
+    "vae": "plain VAE (analytic-KL ELBO, no discriminator)",
+    "avb": "Adversarial Variational Bayes (one-head discriminator estimating the KL)",
+    "ali": "ALI/BiGAN (one-head discriminator between the two joints, no reconstruction)",
+    "asvae": "Adversarial Symmetric VAE (two-head discriminator, symmetric KL of the joints)",
+}
+
+
+@asvae_kit.hookimpl
+def register_presets(register):
+    for architecture in ARCHITECTURES:
+        nets = "fully connected" if architecture == "mlp" else "convolutional residual"
+        for variant in DIVERGENCES:
+            register(
+                f"{architecture}-{variant}",
+                lambda a=architecture, v=variant: preset_config(a, v),
+                description=f"{_WHAT[variant]} with {nets} networks, on the bundled 8x8 digits by default.",
+            )
