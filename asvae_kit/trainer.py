@@ -131,33 +131,46 @@ class Trainer:
     def _modules(self) -> list[nn.Module]:
         return [m for m in (self.encoder, self.decoder, self.discriminator) if m is not None]
 
-    def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One algorithm step on the batch ``x``: ``n_critic`` discriminator updates on the step's
-        samples (generator outputs detached), then one encoder/decoder update with the
-        discriminator frozen.  Returns the detached loss terms."""
-        for m in self._modules():
-            m.train()
-        batch = JointBatch(x, self.encoder, self.decoder, self.latent_dim, sample_x=self.config["sample_x"])
-        diagnostics: dict[str, torch.Tensor] = {}
+    def make_batch(self, x: torch.Tensor) -> JointBatch:
+        """The step's joint samples for the data batch ``x`` (prior codes drawn here)."""
+        return JointBatch(x, self.encoder, self.decoder, self.latent_dim, sample_x=self.config["sample_x"])
+
+    def discriminator_step(self, batch: JointBatch) -> dict[str, torch.Tensor]:
+        """``n_critic`` discriminator updates on the batch's samples, generator outputs detached."""
+        terms: dict[str, torch.Tensor] = {}
+        if self.discriminator is None:
+            return terms
+        for _ in range(self.config["optim"]["n_critic"]):
+            d_loss, terms = self.divergence.discriminator_loss(self.discriminator, batch)
+            self._check_finite(d_loss, "discriminator loss", terms)
+            self.disc_optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+            d_loss.backward()
+            self.disc_optimizer.step()  # type: ignore[union-attr]
+        return terms
+
+    def generator_step(self, batch: JointBatch) -> dict[str, torch.Tensor]:
+        """One encoder/decoder update on the divergence's objective, the discriminator frozen."""
         if self.discriminator is not None:
-            for _ in range(self.config["optim"]["n_critic"]):
-                d_loss, d_terms = self.divergence.discriminator_loss(self.discriminator, batch)
-                self._check_finite(d_loss, "discriminator loss", d_terms)
-                self.disc_optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
-                d_loss.backward()
-                self.disc_optimizer.step()  # type: ignore[union-attr]
-            diagnostics.update(d_terms)
             self.discriminator.requires_grad_(False)
         try:
-            g_loss, g_terms = self.divergence.generator_loss(self.discriminator, batch)
-            self._check_finite(g_loss, "encoder/decoder loss", g_terms)
+            g_loss, terms = self.divergence.generator_loss(self.discriminator, batch)
+            self._check_finite(g_loss, "encoder/decoder loss", terms)
             self.gen_optimizer.zero_grad(set_to_none=True)
             g_loss.backward()
             self.gen_optimizer.step()
         finally:
             if self.discriminator is not None:
                 self.discriminator.requires_grad_(True)
-        diagnostics.update(g_terms)
+        return terms
+
+    def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One algorithm step (DESIGN.md §1) on the data batch ``x``: discriminator update(s),
+        then the encoder/decoder update.  Returns the detached loss terms."""
+        for m in self._modules():
+            m.train()
+        batch = self.make_batch(x)
+        diagnostics = self.discriminator_step(batch)
+        diagnostics.update(self.generator_step(batch))
         self.step += 1
         return diagnostics
 
@@ -165,7 +178,7 @@ class Trainer:
         if not torch.isfinite(loss).item():
             detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
             raise TrainingDivergedError(
-                f"the {what} became {float(loss)} at step {self.step + 1} ({detail}). The last checkpoint is "
+                f"the {what} became {float(loss.detach())} at step {self.step + 1} ({detail}). The last checkpoint is "
                 "untouched; lower optim.lr, or check the data for extreme values."
             )
 

@@ -7,6 +7,21 @@ for every segment ``s`` of rows and every head ``k``::
     out[s, k] = (mean l_k, mean softplus(l_k), mean softplus(-l_k))
 
 All arithmetic is done in float32 (or float64 when the inputs are float64, which gradcheck uses).
+
+Two functions live here:
+
+* :func:`fused_disc_head_reference` -- the forward, written with ordinary differentiable PyTorch
+  ops, so autograd through it is an independent check of the hand-written backward.
+* :func:`fused_disc_head_reference_backward` -- the analytic backward in plain PyTorch.  It is what
+  the registered op runs for its backward when the Triton kernels are not used.  Like the Triton
+  backward it recomputes the logits instead of saving an ``[N, K]`` tensor::
+
+      dl[n, k] = (g[s, k, 0] + g[s, k, 1] * sigmoid(l) - g[s, k, 2] * sigmoid(-l)) / size[s]
+      grad_h = dl @ weight,   grad_weight = dl.T @ h,   grad_bias = dl.sum(0)
+
+  with ``g = grad_out`` and ``s`` the segment of row ``n``.
+
+Neither function validates its inputs; :func:`asvae_kit.kernels.fused_disc_head` does.
 """
 
 from __future__ import annotations
@@ -16,7 +31,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["fused_disc_head_reference"]
+__all__ = ["fused_disc_head_reference", "fused_disc_head_reference_backward", "compute_dtype"]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the statistics are accumulated in: float64 for float64 inputs, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def fused_disc_head_reference(
@@ -26,7 +46,35 @@ def fused_disc_head_reference(
     segment_sizes: Sequence[int],
 ) -> torch.Tensor:
     """Return the ``[S, K, 3]`` head statistics of ``h`` (see the module docstring)."""
-    compute_dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
-    logits = torch.addmm(bias.to(compute_dtype), h.to(compute_dtype), weight.to(compute_dtype).t())
+    cdt = compute_dtype(h.dtype)
+    logits = torch.addmm(bias.to(cdt), h.to(cdt), weight.to(cdt).t())
     stats = torch.stack((logits, F.softplus(logits), F.softplus(-logits)), dim=-1)  # [N, K, 3]
     return torch.stack([chunk.mean(dim=0) for chunk in stats.split(list(segment_sizes), dim=0)])
+
+
+def fused_disc_head_reference_backward(
+    grad_out: torch.Tensor,
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    segment_sizes: Sequence[int],
+    need_grad_h: bool = True,
+    need_grad_weight_bias: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of ``fused_disc_head_reference`` w.r.t. ``(h, weight, bias)`` for ``grad_out``.
+
+    Each gradient has the dtype of its input; the skipped ones are ``None``.
+    """
+    cdt = compute_dtype(h.dtype)
+    hc, wc = h.to(cdt), weight.to(cdt)
+    logits = torch.addmm(bias.to(cdt), hc, wc.t())  # recomputed, [N, K]
+    sizes = torch.tensor(list(segment_sizes), device=h.device)
+    coef = grad_out.to(cdt) / sizes.to(cdt)[:, None, None]  # [S, K, 3]
+    coef = coef.repeat_interleave(sizes, dim=0, output_size=h.shape[0])  # [N, K, 3]
+    dl = coef[..., 0] + coef[..., 1] * torch.sigmoid(logits) - coef[..., 2] * torch.sigmoid(-logits)
+    grad_h = (dl @ wc).to(h.dtype) if need_grad_h else None
+    grad_w = grad_b = None
+    if need_grad_weight_bias:
+        grad_w = (dl.t() @ hc).to(weight.dtype)
+        grad_b = dl.sum(dim=0).to(bias.dtype)
+    return grad_h, grad_w, grad_b

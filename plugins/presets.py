@@ -28,7 +28,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "decoder": {"name": "resnet", "width": 32, "likelihood": "bernoulli"},
         "discriminator": {"name": "joint-resnet", "width": 32, "hidden": [256, 256]},
         "latent_dim": 32,
-        "steps": 1500,
+        "steps": 2000,
     },
 }
 

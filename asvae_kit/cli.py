@@ -1,0 +1,310 @@
+"""The ``asvae-kit`` command line: train, sample, evaluate, list, describe, plugins.
+
+Errors print one line to stderr and exit with status 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "make_parser"]
+
+
+def _kind(value: str) -> str:
+    from .names import normalize_kind
+
+    try:
+        return normalize_kind(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _set_pair(text: str) -> tuple[str, Any]:
+    from .config import parse_value
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE (e.g. encoder.width=64), got {text!r}")
+    return key.strip(), parse_value(value)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asvae-kit", description="Train and compare ASVAE, VAE, AVB and ALI models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model and write a run directory")
+    p.add_argument("--preset", default="resnet-asvae", help="preset name (default: resnet-asvae; see `asvae-kit list preset`)")
+    p.add_argument("--data", help="dataset name (default: the preset's, digits)")
+    p.add_argument("--data-dir", help="directory holding the dataset's files (else $ASVAE_KIT_DATA)")
+    p.add_argument("--download", action="store_true", help="download the dataset's published files if missing")
+    p.add_argument("--steps", type=_non_negative, help="total number of steps of the run")
+    p.add_argument("--batch-size", type=_positive)
+    p.add_argument("--lr", type=float, help="learning rate of both optimizers (optim.lr)")
+    p.add_argument("--seed", type=_non_negative)
+    p.add_argument("--log-every", type=_non_negative, help="steps between metrics.csv rows")
+    p.add_argument("--sample-every", type=_non_negative, help="steps between image grids")
+    p.add_argument("--checkpoint-every", type=_non_negative, help="steps between checkpoints")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--set", dest="sets", type=_set_pair, action="append", default=[], metavar="KEY=VALUE", help="any config key, dotted for nested ones (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, help="run directory to write")
+
+    p = sub.add_parser("sample", help="write a grid of samples from a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("-n", type=_positive, default=64, help="number of samples (default 64)")
+    p.add_argument("-o", "--output", required=True, help="PNG file to write")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("evaluate", help="compute metrics of a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("--metrics", help="comma-separated metric names (default: the run's config)")
+    p.add_argument("--data-dir", help="directory holding the dataset's files")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("list", help="list registered components")
+    p.add_argument("kind", nargs="?", type=_kind, help="encoder, decoder, discriminator, divergence, preset, dataset or metric (plural accepted)")
+    p.add_argument("--filter", default="*", help="fnmatch pattern, e.g. 'mlp*'")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("describe", help="describe one component")
+    p.add_argument("name")
+    p.add_argument("--kind", type=_kind)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("plugins", help="list loaded plugins and their status")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .builder import build, load
+
+    out = Path(args.out)
+    overrides: dict[str, Any] = {}
+    if args.data:
+        overrides["data"] = args.data
+    if args.data_dir:
+        overrides["data.data_dir"] = args.data_dir
+    if args.download:
+        overrides["data.download"] = True
+    for flag, key in (
+        ("steps", "steps"),
+        ("batch_size", "batch_size"),
+        ("lr", "optim.lr"),
+        ("seed", "seed"),
+        ("log_every", "log_every"),
+        ("sample_every", "sample_every"),
+        ("checkpoint_every", "checkpoint_every"),
+        ("device", "device"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    overrides.update(dict(args.sets))
+
+    existing = (out / "model.safetensors").exists()
+    if existing and not args.resume:
+        raise SystemExit(f"error: {out} already holds a run; pass --resume to continue it, or choose another --out")
+    if args.resume:
+        if not existing:
+            raise SystemExit(f"error: --resume given, but {out} holds no run to continue")
+        trainer = load(out)
+        allowed = {"steps", "log_every", "sample_every", "checkpoint_every", "device", "data.data_dir", "data.download"}
+        for key, value in overrides.items():
+            if key not in allowed:
+                raise SystemExit(f"error: --resume keeps the run's config; {key!r} cannot change (only {', '.join(sorted(allowed))})")
+            if key.startswith("data."):
+                trainer.config["data"][key.split(".", 1)[1]] = value
+            else:
+                trainer.config[key] = value
+    else:
+        trainer = build(args.preset, **overrides)
+    total = trainer.config["steps"]
+    print(
+        f"training {args.preset if not args.resume else trainer.config['divergence']['name']} on "
+        f"{trainer.config['data']['name']} {tuple(trainer.data_shape)} for {total} steps "
+        f"(from step {trainer.step}) on {trainer.device}; writing {out}",
+        file=sys.stderr,
+    )
+    trainer.fit(total, run_dir=out, progress=False if args.no_progress else None)
+    last = trainer.history[-1] if trainer.history else {}
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("step", "time_s", "steps_per_s"))
+    print(f"done: step {trainer.step}; {summary}", file=sys.stderr)
+    print(f"samples: {out / 'samples.png'}\nreconstructions: {out / 'reconstructions.png'}\nmetrics: {out / 'metrics.csv'}")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .builder import load
+    from .images import save_image_grid
+
+    trainer = load(args.run_dir)
+    save_image_grid(trainer.sample(args.n, seed=args.seed), args.output)
+    print(args.output)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .builder import load
+
+    trainer = load(args.run_dir)
+    if args.data_dir:
+        trainer.config["data"]["data_dir"] = args.data_dir
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    results = trainer.evaluate(metrics)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for k, v in results.items():
+            print(f"{k:24s} {v:.6g}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .names import KINDS
+    from .registry import get_registry
+
+    registry = get_registry()
+    kinds = [args.kind] if args.kind else list(KINDS)
+    rows = []
+    for kind in kinds:
+        for name in registry.list(kind, args.filter):
+            entry = registry.get(kind, name)
+            rows.append({"kind": kind, "name": name, "description": entry.description, "provider": entry.plugin, "distribution": entry.distribution})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no {args.kind or 'component'}s match {args.filter!r}", file=sys.stderr)
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for kind in kinds:
+        kind_rows = [r for r in rows if r["kind"] == kind]
+        if not kind_rows:
+            continue
+        if not args.kind:
+            print(f"{kind}s:")
+        for r in kind_rows:
+            desc = r["description"] if len(r["description"]) <= 90 else r["description"][:89].rstrip() + "…"
+            origin = "" if r["distribution"] == "asvae-kit" else f"  [{r['distribution'] or r['provider']}]"
+            print(f"{'  ' if not args.kind else ''}{r['name']:<{width}}  {desc}{origin}")
+    failed = registry.failed_plugins
+    if failed:
+        print(f"note: plugins that failed to load: {', '.join(failed)} (see `asvae-kit plugins`)", file=sys.stderr)
+    return 0
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    from .names import KINDS
+    from .registry import describe, get_registry
+
+    registry = get_registry()
+    kinds = [args.kind] if args.kind else [k for k in KINDS if registry.provider_of(k, args.name) is not None]
+    infos = [describe(args.name, kind) for kind in kinds] if kinds else [describe(args.name)]
+    if args.json:
+        print(json.dumps(infos[0] if len(infos) == 1 else infos, indent=2, default=str))
+        return 0
+    for i, info in enumerate(infos):
+        if i:
+            print()
+        _print_description(info)
+    return 0
+
+
+def _print_description(info: dict[str, Any]) -> None:
+    print(f"{info['name']} ({info['kind']})")
+    if info["aliases"]:
+        print(f"  aliases:      {', '.join(info['aliases'])}")
+    print(f"  provider:     {info['provider']} ({info['distribution'] or 'unknown distribution'} {info['version'] or ''})".rstrip())
+    if info["description"]:
+        print(f"  description:  {info['description']}")
+    if info["kind"] == "preset":
+        print("  config:")
+        for line in json.dumps(info["config"], indent=2).splitlines():
+            print("    " + line)
+    elif info["config"]:
+        print("  config keys (defaults):")
+        for k, v in info["config"].items():
+            print(f"    {k} = {json.dumps(v, default=str)}")
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from .registry import get_registry
+
+    records = [r.as_dict() for r in get_registry().plugins]
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    for r in records:
+        status = "ok" if r["status"] == "ok" else f"FAILED: {r['reason']}"
+        print(f"{r['name']}  ({r['distribution'] or 'unknown distribution'} {r['version'] or ''})  {status}")
+        if r["path"]:
+            print(f"    path:  {r['path']}")
+        if r["hooks"]:
+            print(f"    hooks: {', '.join(r['hooks'])}")
+        for kind, names in r["components"].items():
+            print(f"    {kind}: {', '.join(names)}")
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "sample": _cmd_sample,
+    "evaluate": _cmd_evaluate,
+    "list": _cmd_list,
+    "describe": _cmd_describe,
+    "plugins": _cmd_plugins,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("ASVAE_KIT_DEBUG") == "1"
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {message} ({type(exc).__name__}; --debug shows the traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

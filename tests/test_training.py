@@ -1,0 +1,165 @@
+"""End-to-end training: which parameters each step moves, learning on digits, save/load, runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import asvae_kit
+from asvae_kit.errors import ConfigError
+from asvae_kit.trainer import TrainingDivergedError
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SMALL = {"encoder.hidden": [32], "decoder.hidden": [32], "discriminator.hidden": [32, 16], "latent_dim": 4, "batch_size": 16}
+
+
+def _params(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()} if module is not None else {}
+
+
+def _changed(before, module):
+    return {n for n, p in module.named_parameters() if not torch.equal(before[n], p.detach())}
+
+
+@pytest.mark.parametrize("divergence", ["elbo", "avb", "ali", "asvae"])
+def test_each_step_moves_exactly_the_modules_it_should(divergence):
+    trainer = asvae_kit.build("mlp-asvae", divergence=divergence, **SMALL)
+    x = torch.rand(16, 1, 8, 8)
+    enc, dec, disc = _params(trainer.encoder), _params(trainer.decoder), _params(trainer.discriminator)
+
+    batch = trainer.make_batch(x)
+    trainer.discriminator_step(batch)
+    assert not _changed(enc, trainer.encoder) and not _changed(dec, trainer.decoder)
+    if divergence == "elbo":
+        assert trainer.discriminator is None
+    else:
+        assert _changed(disc, trainer.discriminator), "the discriminator step must update the discriminator"
+        disc = _params(trainer.discriminator)
+
+    trainer.generator_step(batch)
+    assert _changed(enc, trainer.encoder), "the encoder/decoder step must update the encoder"
+    assert _changed(dec, trainer.decoder), "the encoder/decoder step must update the decoder"
+    if trainer.discriminator is not None:
+        assert not _changed(disc, trainer.discriminator)
+        assert all(p.requires_grad for p in trainer.discriminator.parameters())
+
+
+def test_n_critic_updates_the_discriminator_that_many_times():
+    trainer = asvae_kit.build("mlp-asvae", **SMALL, **{"optim.n_critic": 3})
+    trainer.train_step(torch.rand(16, 1, 8, 8))
+    state = trainer.disc_optimizer.state_dict()["state"]
+    assert all(int(s["step"]) == 3 for s in state.values())
+    assert all(int(s["step"]) == 1 for s in trainer.gen_optimizer.state_dict()["state"].values())
+
+
+@pytest.mark.slow
+def test_mlp_asvae_learns_digits():
+    trainer = asvae_kit.build("mlp-asvae", steps=400, log_every=50)
+    trainer.fit()
+    result = trainer.evaluate(["reconstruction-mse"])
+    assert result["recon_mse"] < 0.5 * result["mean_image_mse"], result
+    assert all(math.isfinite(row["skl"]) for row in trainer.history)
+    assert trainer.history[-1]["step"] == 400
+
+
+def test_save_load_sample_is_identical_and_config_round_trips(tmp_path):
+    trainer = asvae_kit.build("mlp-asvae", steps=5, **SMALL)
+    trainer.fit(run_dir=tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("config.json", "model.safetensors", "trainer_state.pt", "metrics.csv", "samples.png", "reconstructions.png"):
+        assert (run / name).is_file(), name
+    loaded = asvae_kit.load(run)
+    assert loaded.config == json.loads((run / "config.json").read_text())
+    assert loaded.config == trainer.config
+    assert loaded.step == 5
+    torch.testing.assert_close(loaded.sample(16, seed=7), trainer.sample(16, seed=7), rtol=0, atol=0)
+    assert not torch.equal(loaded.sample(16, seed=7), loaded.sample(16, seed=8))
+    x = torch.rand(4, 1, 8, 8)
+    torch.testing.assert_close(loaded.encode(x), trainer.encode(x), rtol=0, atol=0)
+    # trainer_state.pt is plain data: it loads with weights_only=True
+    state = torch.load(run / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 5 and "gen_optimizer" in state and "rng" in state
+
+
+def test_resume_continues_to_the_total_step_count(tmp_path):
+    run = tmp_path / "run"
+    asvae_kit.build("mlp-asvae", steps=4, log_every=2, **SMALL).fit(run_dir=run)
+    trainer = asvae_kit.load(run)
+    trainer.fit(7)
+    assert trainer.step == 7
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 7]
+    assert {"d_loss", "g_loss", "l_x", "l_z", "skl"} <= set(rows[0])
+
+
+def test_fit_accepts_tensors_datasets_and_loaders():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    trainer = asvae_kit.build("mlp-vae", data=None, data_shape=[1, 8, 8], **SMALL)
+    images = torch.rand(40, 1, 8, 8)
+    trainer.fit(2, data=images)
+    trainer.fit(4, data=TensorDataset(images, torch.zeros(40)))
+    trainer.fit(6, data=DataLoader(images, batch_size=8))
+    assert trainer.step == 6
+
+
+def test_bad_data_is_rejected_with_a_clear_error():
+    trainer = asvae_kit.build("mlp-vae", data=None, data_shape=[1, 8, 8], **SMALL)
+    with pytest.raises(asvae_kit.DataError, match="NaN"):
+        trainer.fit(1, data=torch.full((8, 1, 8, 8), float("nan")))
+    with pytest.raises(asvae_kit.DataError, match=r"\[0, 1\]"):
+        trainer.fit(1, data=torch.rand(8, 1, 8, 8) * 255)
+    with pytest.raises(asvae_kit.DataError, match=r"\(1, 8, 8\)"):
+        trainer.fit(1, data=torch.rand(8, 1, 28, 28))
+    with pytest.raises(ConfigError, match="no configured data"):
+        trainer.fit(1)
+
+
+def test_divergence_to_nan_stops_with_a_clear_error(tmp_path):
+    trainer = asvae_kit.build("mlp-vae", **SMALL)
+    with torch.no_grad():
+        next(trainer.decoder.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError, match="lower optim.lr"):
+        trainer.fit(1)
+
+
+def test_implicit_encoder_trains_with_asvae_and_is_refused_by_elbo():
+    trainer = asvae_kit.build("mlp-asvae", encoder="mlp-implicit", **{k: v for k, v in SMALL.items() if k != "encoder.hidden"})
+    trainer.fit(2)
+    assert math.isfinite(trainer.history[-1]["l_z"])
+    vae = asvae_kit.build("mlp-vae", encoder="mlp-implicit", latent_dim=4, batch_size=8)
+    with pytest.raises(ConfigError, match="closed-form KL"):
+        vae.fit(1)
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "laplace"])
+def test_continuous_likelihoods_with_sampled_x(likelihood):
+    trainer = asvae_kit.build("mlp-asvae", sample_x=True, **{"decoder.likelihood": likelihood}, **SMALL)
+    trainer.fit(2)
+    assert all(math.isfinite(v) for v in trainer.history[-1].values())
+
+
+def test_bernoulli_with_sampled_x_explains_itself():
+    trainer = asvae_kit.build("mlp-asvae", sample_x=True, **SMALL)
+    with pytest.raises(ConfigError, match="reparameterised sample"):
+        trainer.fit(1)
+
+
+@pytest.mark.skipif(not (SHARED / "fashion-mnist" / "train-images-idx3-ubyte.gz").exists(), reason="../shared/data/fashion-mnist not present")
+def test_resnet_asvae_runs_on_real_fashion_mnist(tmp_path):
+    trainer = asvae_kit.build(
+        "resnet-asvae",
+        data="fashion-mnist",
+        batch_size=8,
+        **{"data.data_dir": str(SHARED), "data.split": "test", "data.limit": 64, "encoder.width": 8, "decoder.width": 8, "discriminator.width": 8},
+    )
+    assert trainer.data_shape == (1, 28, 28)
+    trainer.fit(3, run_dir=tmp_path / "fmnist")
+    assert all(math.isfinite(v) for v in trainer.history[-1].values())
+    loaded = asvae_kit.load(tmp_path / "fmnist")
+    assert loaded.sample(4, seed=0).shape == (4, 1, 28, 28)
