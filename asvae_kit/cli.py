@@ -12,7 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["main", "make_parser"]
+from .errors import AsvaeKitError
+
+__all__ = ["main", "make_parser", "CommandError"]
+
+
+class CommandError(AsvaeKitError, ValueError):
+    """A command-line request that cannot be carried out as given."""
 
 
 def _kind(value: str) -> str:
@@ -134,15 +140,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     existing = (out / "model.safetensors").exists()
     if existing and not args.resume:
-        raise SystemExit(f"error: {out} already holds a run; pass --resume to continue it, or choose another --out")
+        raise CommandError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
     if args.resume:
         if not existing:
-            raise SystemExit(f"error: --resume given, but {out} holds no run to continue")
+            raise CommandError(f"--resume given, but {out} holds no run to continue")
         trainer = load(out)
         allowed = {"steps", "log_every", "sample_every", "checkpoint_every", "device", "data.data_dir", "data.download"}
         for key, value in overrides.items():
             if key not in allowed:
-                raise SystemExit(f"error: --resume keeps the run's config; {key!r} cannot change (only {', '.join(sorted(allowed))})")
+                raise CommandError(f"--resume keeps the run's config; {key!r} cannot change (only {', '.join(sorted(allowed))})")
             if key.startswith("data."):
                 trainer.config["data"][key.split(".", 1)[1]] = value
             else:

@@ -50,7 +50,7 @@ __all__ = ["forward", "backward", "INTERPRETED", "MAX_HEADS"]
 MAX_HEADS = 16
 
 _NUM_WARPS = 4
-_TILE = 8192  # elements of h per program per D step (BLOCK_N * BLOCK_D)
+_TILE = 8192  # elements of the [BLOCK_N, BLOCK_K, BLOCK_D] product tile on a GPU
 
 
 @triton.jit
@@ -62,20 +62,23 @@ def _block_logits(
 ):
     """Logits ``[BLOCK_N, BLOCK_K]`` of the given rows (padding rows and heads hold garbage)."""
     ks = tl.arange(0, BLOCK_K)
-    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=ACC)
+    k_mask = ks < K
+    # Element-wise products accumulate in a [BLOCK_N, BLOCK_K, BLOCK_D] register tile; a single
+    # reduction over D happens after the loop (no cross-thread traffic inside it).
+    acc = tl.zeros([BLOCK_N, BLOCK_K, BLOCK_D], dtype=ACC)
     h_rows = h_ptr + rows.to(tl.int64)[:, None] * stride_hn
+    w_rows = w_ptr + ks[:, None] * stride_wk
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         d_mask = ds < D
         ds64 = ds.to(tl.int64)
         hb = tl.load(h_rows + ds64[None, :] * stride_hd,
                      mask=row_mask[:, None] & d_mask[None, :], other=0.0).to(ACC)
-        for k in tl.static_range(K):
-            wk = tl.load(w_ptr + k * stride_wk + ds64 * stride_wd, mask=d_mask, other=0.0).to(ACC)
-            part = tl.sum(hb * wk[None, :], axis=1)
-            acc += tl.where(ks[None, :] == k, part[:, None], 0.0)
-    b = tl.load(b_ptr + ks * stride_b, mask=ks < K, other=0.0).to(ACC)
-    return acc + b[None, :]
+        wb = tl.load(w_rows + ds64[None, :] * stride_wd,
+                     mask=k_mask[:, None] & d_mask[None, :], other=0.0).to(ACC)
+        acc += hb[:, None, :] * wb[None, :, :]
+    b = tl.load(b_ptr + ks * stride_b, mask=k_mask, other=0.0).to(ACC)
+    return tl.sum(acc, axis=2) + b[None, :]
 
 
 @triton.jit
@@ -162,32 +165,31 @@ def _bwd_kernel(
         if COMPUTE_GWB:
             gb_acc += tl.sum(dl, axis=0)
 
-        for d0 in range(0, D, BLOCK_D):
-            ds = d0 + tl.arange(0, BLOCK_D)
-            d_mask = ds < D
-            # "not this program's first block", broadcast before use: the interpreter cannot AND a
-            # scalar predicate with a block mask.
-            later = (tl.zeros_like(ds) + rb) > pid
-            ds64 = ds.to(tl.int64)
-            tile_mask = row_mask[:, None] & d_mask[None, :]
-            if COMPUTE_GH:
-                gh = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
-                for k in tl.static_range(K):
-                    wk = tl.load(w_ptr + k * stride_wk + ds64 * stride_wd, mask=d_mask, other=0.0).to(ACC)
-                    dl_k = tl.sum(tl.where(ks[None, :] == k, dl, 0.0), axis=1)
-                    gh += dl_k[:, None] * wk[None, :]
+        if COMPUTE_GH:  # grad_h[rows] = dl @ weight
+            for d0 in range(0, D, BLOCK_D):
+                ds = d0 + tl.arange(0, BLOCK_D)
+                d_mask = ds < D
+                ds64 = ds.to(tl.int64)
+                wb = tl.load(w_ptr + ks[:, None] * stride_wk + ds64[None, :] * stride_wd,
+                             mask=k_mask[:, None] & d_mask[None, :], other=0.0).to(ACC)
+                gh = tl.sum(dl[:, :, None] * wb[None, :, :], axis=1)
                 tl.store(gh_ptr + rows64[:, None] * stride_ghn + ds64[None, :] * stride_ghd,
-                         gh.to(gh_ptr.dtype.element_ty), mask=tile_mask)
-            if COMPUTE_GWB:
+                         gh.to(gh_ptr.dtype.element_ty), mask=row_mask[:, None] & d_mask[None, :])
+        if COMPUTE_GWB:  # this program's grad_weight partial += dl.T @ h[rows]
+            # The program's first block initialises its slice, later blocks add to it.  (The
+            # predicate is broadcast first: the interpreter cannot AND a scalar with a block.)
+            later = (tl.zeros_like(ks) + rb) > pid
+            for d0 in range(0, D, BLOCK_D):
+                ds = d0 + tl.arange(0, BLOCK_D)
+                d_mask = ds < D
+                ds64 = ds.to(tl.int64)
                 hb = tl.load(h_ptr + rows64[:, None] * stride_hn + ds64[None, :] * stride_hd,
-                             mask=tile_mask, other=0.0).to(ACC)
-                for k in tl.static_range(K):
-                    dl_k = tl.sum(tl.where(ks[None, :] == k, dl, 0.0), axis=1)
-                    gw_k = tl.sum(dl_k[:, None] * hb, axis=0)
-                    ptrs = gw_own + k * D + ds64
-                    # The first block of this program initialises its slice, later ones add to it.
-                    prev = tl.load(ptrs, mask=d_mask & later, other=0.0)
-                    tl.store(ptrs, prev + gw_k, mask=d_mask)
+                             mask=row_mask[:, None] & d_mask[None, :], other=0.0).to(ACC)
+                gw = tl.sum(dl[:, :, None] * hb[:, None, :], axis=0)
+                kd_mask = k_mask[:, None] & d_mask[None, :]
+                ptrs = gw_own + ks[:, None] * D + ds64[None, :]
+                prev = tl.load(ptrs, mask=kd_mask & later[:, None], other=0.0)
+                tl.store(ptrs, prev + gw, mask=kd_mask)
 
     if COMPUTE_GWB:
         tl.store(gb_ptr + pid * K + ks, gb_acc, mask=k_mask)
@@ -248,6 +250,7 @@ def _offsets(segment_sizes: Sequence[int], device: torch.device) -> torch.Tensor
 
 def _config(N: int, D: int, K: int, device: torch.device) -> tuple[int, int, int]:
     """``(BLOCK_N, BLOCK_D, BLOCK_K)`` for a problem (see the module docstring)."""
+    block_k = max(2, triton.next_power_of_2(K))
     block_n = _overrides["block_n"]
     if block_n is None:
         if device.type == "cuda":
@@ -258,8 +261,9 @@ def _config(N: int, D: int, K: int, device: torch.device) -> tuple[int, int, int
             block_n = 64  # the interpreter: fewer, bigger programs are faster
     block_d = _overrides["block_d"]
     if block_d is None:
-        block_d = min(max(16, triton.next_power_of_2(D)), max(64, _TILE // block_n))
-    return block_n, block_d, max(2, triton.next_power_of_2(K))
+        budget = _TILE if device.type == "cuda" else 4 * _TILE
+        block_d = min(max(16, triton.next_power_of_2(D)), max(16, budget // (block_n * block_k)))
+    return block_n, block_d, block_k
 
 
 def _acc(dtype: torch.dtype):
