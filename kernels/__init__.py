@@ -1,45 +1,23 @@
 """Fused kernels behind asvae-kit's losses (DESIGN.md §4).
 
 ``fused_disc_head`` is the one op every divergence calls: the discriminator's head layer fused with
-the per-segment statistics all the adversarial losses are linear combinations of.  Importing this
-package never imports Triton; the Triton implementation is loaded on first use.
+the per-segment statistics all the adversarial losses are linear combinations of.  It is registered
+with ``torch.library`` as ``torch.ops.asvae_kit.fused_disc_head`` when this package is imported.
+
+Importing this package never imports Triton: the Triton kernels
+(:mod:`asvae_kit.kernels.fused_disc_head_triton`) are loaded on the first call that runs them.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Sequence
+from .fused_disc_head import ENV_VAR, IMPLS, MAX_TRITON_HEADS, fused_disc_head
+from .reference import fused_disc_head_reference, fused_disc_head_reference_backward
 
-import torch
-
-from .reference import fused_disc_head_reference
-
-__all__ = ["fused_disc_head", "fused_disc_head_reference", "IMPLS"]
-
-IMPLS = ("auto", "triton", "torch")
-
-
-def _default_impl() -> str:
-    impl = os.environ.get("ASVAE_KIT_KERNELS", "auto").strip().lower() or "auto"
-    if impl not in IMPLS:
-        raise ValueError(f"ASVAE_KIT_KERNELS={impl!r} is not one of {IMPLS}; unset it or pick one of those")
-    return impl
-
-
-def fused_disc_head(
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    segment_sizes: Sequence[int],
-    *,
-    impl: str | None = None,
-) -> torch.Tensor:
-    """Head logits ``h @ weight.T + bias`` reduced to ``[S, K, 3]`` per-segment statistics.
-
-    ``out[s, k] = (mean l_k, mean softplus(l_k), mean softplus(-l_k))`` over the rows of segment
-    ``s``.  Differentiable in ``h``, ``weight`` and ``bias``.
-    """
-    impl = _default_impl() if impl is None else impl
-    if impl not in IMPLS:
-        raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
-    return fused_disc_head_reference(h, weight, bias, segment_sizes)
+__all__ = [
+    "fused_disc_head",
+    "fused_disc_head_reference",
+    "fused_disc_head_reference_backward",
+    "IMPLS",
+    "ENV_VAR",
+    "MAX_TRITON_HEADS",
+]

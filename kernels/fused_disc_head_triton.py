@@ -49,8 +49,11 @@ __all__ = ["forward", "backward", "INTERPRETED", "MAX_HEADS"]
 #: Largest K the kernels accept: they unroll a loop over the heads.
 MAX_HEADS = 16
 
-_NUM_WARPS = 4
-_TILE = 8192  # elements of the [BLOCK_N, BLOCK_K, BLOCK_D] product tile on a GPU
+# Launch parameters for a GPU.  Checked by compiling for sm_90 (no GPU was available to time
+# them): with these, neither kernel spills registers for K <= 4 (about 60-120 registers a thread).
+_NUM_WARPS = 8
+_FWD_TILE = 8192  # BLOCK_N * BLOCK_K * BLOCK_D elements in flight per forward step
+_BWD_TILE = 4096  # the backward holds more per step (grad_h tile, h tile, dl)
 
 
 @triton.jit
@@ -102,7 +105,8 @@ def _fwd_kernel(
     # softplus(+-l) = max(+-l, 0) + log1p(exp(-|l|)); the comparisons (not tl.maximum) keep NaN.
     x = tl.exp(-tl.abs(l))
     u = 1.0 + x
-    log1p_x = tl.where(u == 1.0, x, tl.log(u) * (x / (u - 1.0)))
+    d = u - 1.0  # d == 0 exactly when 1 + x rounds to 1; then log1p(x) = x to working precision
+    log1p_x = tl.where(d == 0.0, x, tl.log(u) * (x / tl.where(d == 0.0, 1.0, d)))
     sp_pos = tl.where(l > 0.0, l, 0.0) + log1p_x
     sp_neg = tl.where(l < 0.0, -l, 0.0) + log1p_x
 
@@ -165,31 +169,31 @@ def _bwd_kernel(
         if COMPUTE_GWB:
             gb_acc += tl.sum(dl, axis=0)
 
-        if COMPUTE_GH:  # grad_h[rows] = dl @ weight
-            for d0 in range(0, D, BLOCK_D):
-                ds = d0 + tl.arange(0, BLOCK_D)
-                d_mask = ds < D
-                ds64 = ds.to(tl.int64)
-                wb = tl.load(w_ptr + ks[:, None] * stride_wk + ds64[None, :] * stride_wd,
-                             mask=k_mask[:, None] & d_mask[None, :], other=0.0).to(ACC)
-                gh = tl.sum(dl[:, :, None] * wb[None, :, :], axis=1)
-                tl.store(gh_ptr + rows64[:, None] * stride_ghn + ds64[None, :] * stride_ghd,
-                         gh.to(gh_ptr.dtype.element_ty), mask=row_mask[:, None] & d_mask[None, :])
-        if COMPUTE_GWB:  # this program's grad_weight partial += dl.T @ h[rows]
-            # The program's first block initialises its slice, later blocks add to it.  (The
-            # predicate is broadcast first: the interpreter cannot AND a scalar with a block.)
-            later = (tl.zeros_like(ks) + rb) > pid
-            for d0 in range(0, D, BLOCK_D):
-                ds = d0 + tl.arange(0, BLOCK_D)
-                d_mask = ds < D
-                ds64 = ds.to(tl.int64)
+        # "Not this program's first block": its [K, D] slice is initialised by the first block and
+        # accumulated into by later ones.  (Broadcast before use: the interpreter cannot AND a
+        # scalar predicate with a block mask.)
+        later = (tl.zeros([BLOCK_D], dtype=tl.int32) + rb) > pid
+        for d0 in range(0, D, BLOCK_D):
+            ds = d0 + tl.arange(0, BLOCK_D)
+            d_mask = ds < D
+            ds64 = ds.to(tl.int64)
+            if COMPUTE_GWB:
                 hb = tl.load(h_ptr + rows64[:, None] * stride_hn + ds64[None, :] * stride_hd,
                              mask=row_mask[:, None] & d_mask[None, :], other=0.0).to(ACC)
-                gw = tl.sum(dl[:, :, None] * hb[:, None, :], axis=0)
-                kd_mask = k_mask[:, None] & d_mask[None, :]
-                ptrs = gw_own + ks[:, None] * D + ds64[None, :]
-                prev = tl.load(ptrs, mask=kd_mask & later[:, None], other=0.0)
-                tl.store(ptrs, prev + gw, mask=kd_mask)
+            if COMPUTE_GH:
+                gh = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
+            for k in tl.static_range(K):
+                dl_k = tl.sum(tl.where(ks[None, :] == k, dl, 0.0), axis=1)  # column k, [BLOCK_N]
+                if COMPUTE_GH:  # grad_h[rows] = dl @ weight
+                    w_k = tl.load(w_ptr + k * stride_wk + ds64 * stride_wd, mask=d_mask, other=0.0)
+                    gh += dl_k[:, None] * w_k.to(ACC)[None, :]
+                if COMPUTE_GWB:  # this program's grad_weight partial += dl.T @ h[rows]
+                    ptrs = gw_own + k * D + ds64
+                    prev = tl.load(ptrs, mask=d_mask & later, other=0.0)
+                    tl.store(ptrs, prev + tl.sum(dl_k[:, None] * hb, axis=0), mask=d_mask)
+            if COMPUTE_GH:
+                tl.store(gh_ptr + rows64[:, None] * stride_ghn + ds64[None, :] * stride_ghd,
+                         gh.to(gh_ptr.dtype.element_ty), mask=row_mask[:, None] & d_mask[None, :])
 
     if COMPUTE_GWB:
         tl.store(gb_ptr + pid * K + ks, gb_acc, mask=k_mask)
@@ -248,8 +252,8 @@ def _offsets(segment_sizes: Sequence[int], device: torch.device) -> torch.Tensor
     return off
 
 
-def _config(N: int, D: int, K: int, device: torch.device) -> tuple[int, int, int]:
-    """``(BLOCK_N, BLOCK_D, BLOCK_K)`` for a problem (see the module docstring)."""
+def _config(N: int, D: int, K: int, device: torch.device, tile: int) -> tuple[int, int, int]:
+    """``(BLOCK_N, BLOCK_D, BLOCK_K)`` for a problem; ``tile`` bounds BLOCK_N * BLOCK_K * BLOCK_D."""
     block_k = max(2, triton.next_power_of_2(K))
     block_n = _overrides["block_n"]
     if block_n is None:
@@ -261,8 +265,9 @@ def _config(N: int, D: int, K: int, device: torch.device) -> tuple[int, int, int
             block_n = 64  # the interpreter: fewer, bigger programs are faster
     block_d = _overrides["block_d"]
     if block_d is None:
-        budget = _TILE if device.type == "cuda" else 4 * _TILE
-        block_d = min(max(16, triton.next_power_of_2(D)), max(16, budget // (block_n * block_k)))
+        if device.type != "cuda":
+            tile *= 4  # no registers to spare in the interpreter, only Python overhead per step
+        block_d = min(max(16, triton.next_power_of_2(D)), max(16, tile // (block_n * block_k)))
     return block_n, block_d, block_k
 
 
@@ -276,7 +281,7 @@ def forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     N, D = h.shape
     K = weight.shape[0]
     S = len(segment_sizes)
-    BLOCK_N, BLOCK_D, BLOCK_K = _config(N, D, K, h.device)
+    BLOCK_N, BLOCK_D, BLOCK_K = _config(N, D, K, h.device, _FWD_TILE)
     num_blocks = triton.cdiv(N, BLOCK_N)
     part = torch.empty((num_blocks, S, K, 3), dtype=compute_dtype(h.dtype), device=h.device)
     _fwd_kernel[(num_blocks,)](
@@ -299,7 +304,7 @@ def backward(grad_out: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias
     S = len(segment_sizes)
     if not (need_grad_h or need_grad_weight_bias):
         return None, None, None
-    BLOCK_N, BLOCK_D, BLOCK_K = _config(N, D, K, h.device)
+    BLOCK_N, BLOCK_D, BLOCK_K = _config(N, D, K, h.device, _BWD_TILE)
     num_blocks = triton.cdiv(N, BLOCK_N)
     max_programs = _overrides["max_programs"]
     if max_programs is None:

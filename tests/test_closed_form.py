@@ -461,6 +461,21 @@ def test_fused_disc_head_keeps_float64(float64):
     assert float(out[0, 0, MEAN]) - 1.0 == pytest.approx(1e-9, rel=1e-6)
 
 
+def test_head_statistics_in_float64(plugin, float64):
+    """What the divergences read: ``head_statistics`` over the plugin's discriminator stays float64."""
+    trainer = make_trainer("asvae")
+    torch.manual_seed(0)
+    batch = JointBatch(sample_data(64), trainer.encoder, trainer.decoder, D_Z, sample_x=True)
+    pairs = [(batch.x, batch.z_q), (batch.x_p, batch.z_p), (batch.x, batch.z_m)]
+    stats = head_statistics(trainer.discriminator, pairs)
+    assert stats.dtype == torch.float64 and stats.shape == (3, 2, 3)
+    for s, (x, z) in enumerate(pairs):
+        logits = trainer.discriminator(x, z)
+        torch.testing.assert_close(stats[s, :, MEAN], logits.mean(0), rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(stats[s, :, SOFTPLUS], torch.nn.functional.softplus(logits).mean(0), rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(stats[s, :, SOFTPLUS_NEG], torch.nn.functional.softplus(-logits).mean(0), rtol=1e-13, atol=1e-13)
+
+
 # ------------------------------------------------------------------------------------------------
 # §1: the two bounds and the identity.
 
@@ -683,6 +698,14 @@ def test_trained_quadratic_discriminator_estimates_skl(plugin, float64):
         _, terms = trainer.divergence.generator_loss(disc, batch)
     estimate = float(terms["skl"])
     assert abs(estimate - skl) < 0.10 * skl, f"skl estimate {estimate:.4f} vs closed form {skl:.4f}"
+
+    # The heads learned the logits of DESIGN.md's table, g* and f* (to ~2% of their spread here).
+    oracle = make_trainer("asvae").discriminator
+    with torch.no_grad():
+        for x, z in ((batch.x, batch.z_q), (batch.x_p, batch.z_p), (batch.x, batch.z_m)):
+            learned, optimal = disc(x, z), oracle(x, z)
+            rmse, spread = (learned - optimal).pow(2).mean(0).sqrt(), optimal.std(0)
+            assert bool((rmse < 0.1 * spread).all()), f"learned logits off by {rmse.tolist()} (spread {spread.tolist()})"
 
 
 # ------------------------------------------------------------------------------------------------
