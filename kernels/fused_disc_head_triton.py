@@ -265,9 +265,11 @@ def _config(N: int, D: int, K: int, device: torch.device, tile: int) -> tuple[in
             block_n = 64  # the interpreter: fewer, bigger programs are faster
     block_d = _overrides["block_d"]
     if block_d is None:
-        if device.type != "cuda":
-            tile *= 4  # no registers to spare in the interpreter, only Python overhead per step
-        block_d = min(max(16, triton.next_power_of_2(D)), max(16, tile // (block_n * block_k)))
+        if device.type == "cuda":
+            block_d = max(16, tile // (block_n * block_k))
+        else:  # the interpreter has no registers to spare, only Python overhead per step
+            block_d = 256
+        block_d = min(max(16, triton.next_power_of_2(D)), block_d)
     return block_n, block_d, block_k
 
 

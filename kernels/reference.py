@@ -6,7 +6,8 @@ for every segment ``s`` of rows and every head ``k``::
 
     out[s, k] = (mean l_k, mean softplus(l_k), mean softplus(-l_k))
 
-All arithmetic is done in float32 (or float64 when the inputs are float64, which gradcheck uses).
+All arithmetic is done in float32 (or float64 when the inputs are float64, which gradcheck uses),
+with autocast switched off inside (the op casts its inputs for autocast itself).
 
 Two functions live here:
 
@@ -26,6 +27,7 @@ Neither function validates its inputs; :func:`asvae_kit.kernels.fused_disc_head`
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -39,6 +41,13 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _exact_dtypes(device: torch.device):
+    """Autocast off: the arithmetic below must run in the compute dtype it asks for."""
+    if device.type in ("cuda", "cpu", "xpu", "mps", "hpu"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def fused_disc_head_reference(
     h: torch.Tensor,
     weight: torch.Tensor,
@@ -47,9 +56,10 @@ def fused_disc_head_reference(
 ) -> torch.Tensor:
     """Return the ``[S, K, 3]`` head statistics of ``h`` (see the module docstring)."""
     cdt = compute_dtype(h.dtype)
-    logits = torch.addmm(bias.to(cdt), h.to(cdt), weight.to(cdt).t())
-    stats = torch.stack((logits, F.softplus(logits), F.softplus(-logits)), dim=-1)  # [N, K, 3]
-    return torch.stack([chunk.mean(dim=0) for chunk in stats.split(list(segment_sizes), dim=0)])
+    with _exact_dtypes(h.device):
+        logits = torch.addmm(bias.to(cdt), h.to(cdt), weight.to(cdt).t())
+        stats = torch.stack((logits, F.softplus(logits), F.softplus(-logits)), dim=-1)  # [N, K, 3]
+        return torch.stack([chunk.mean(dim=0) for chunk in stats.split(list(segment_sizes), dim=0)])
 
 
 def fused_disc_head_reference_backward(
@@ -66,15 +76,16 @@ def fused_disc_head_reference_backward(
     Each gradient has the dtype of its input; the skipped ones are ``None``.
     """
     cdt = compute_dtype(h.dtype)
-    hc, wc = h.to(cdt), weight.to(cdt)
-    logits = torch.addmm(bias.to(cdt), hc, wc.t())  # recomputed, [N, K]
-    sizes = torch.tensor(list(segment_sizes), device=h.device)
-    coef = grad_out.to(cdt) / sizes.to(cdt)[:, None, None]  # [S, K, 3]
-    coef = coef.repeat_interleave(sizes, dim=0, output_size=h.shape[0])  # [N, K, 3]
-    dl = coef[..., 0] + coef[..., 1] * torch.sigmoid(logits) - coef[..., 2] * torch.sigmoid(-logits)
-    grad_h = (dl @ wc).to(h.dtype) if need_grad_h else None
-    grad_w = grad_b = None
-    if need_grad_weight_bias:
-        grad_w = (dl.t() @ hc).to(weight.dtype)
-        grad_b = dl.sum(dim=0).to(bias.dtype)
+    with _exact_dtypes(h.device):
+        hc, wc = h.to(cdt), weight.to(cdt)
+        logits = torch.addmm(bias.to(cdt), hc, wc.t())  # recomputed, [N, K]
+        sizes = torch.tensor(list(segment_sizes), device=h.device)
+        coef = grad_out.to(cdt) / sizes.to(cdt)[:, None, None]  # [S, K, 3]
+        coef = coef.repeat_interleave(sizes, dim=0, output_size=h.shape[0])  # [N, K, 3]
+        dl = coef[..., 0] + coef[..., 1] * torch.sigmoid(logits) - coef[..., 2] * torch.sigmoid(-logits)
+        grad_h = (dl @ wc).to(h.dtype) if need_grad_h else None
+        grad_w = grad_b = None
+        if need_grad_weight_bias:
+            grad_w = (dl.t() @ hc).to(weight.dtype)
+            grad_b = dl.sum(dim=0).to(bias.dtype)
     return grad_h, grad_w, grad_b

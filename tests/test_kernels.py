@@ -1,0 +1,382 @@
+"""``asvae_kit.kernels.fused_disc_head``: the op's contract (DESIGN.md §4) -- semantics against the
+reference, validation, dispatch and fallback, ``torch.library`` registration (opcheck,
+torch.compile), and import hygiene.  The Triton kernels' numerics are in test_kernels_triton.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import asvae_kit.kernels as K
+from asvae_kit.kernels import fused_disc_head, fused_disc_head_reference
+
+fdh = sys.modules["asvae_kit.kernels.fused_disc_head"]  # the module (the package attribute is the function)
+
+
+def make(N=10, D=5, Kh=2, dtype=torch.float32, seed=0, requires_grad=False):
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(N, D, generator=gen).to(dtype)
+    w = torch.randn(Kh, D, generator=gen).to(dtype)
+    b = torch.randn(Kh, generator=gen).to(dtype)
+    return tuple(t.requires_grad_(requires_grad) for t in (h, w, b))
+
+
+@pytest.fixture(autouse=True)
+def _clean_state(monkeypatch):
+    monkeypatch.delenv("ASVAE_KIT_KERNELS", raising=False)
+    fdh._reset_fallback_state()
+    yield
+    fdh._reset_fallback_state()
+
+
+# --------------------------------------------------------------------------------------------
+# Semantics
+
+
+def test_matches_a_direct_computation():
+    h, w, b = make(N=9, D=4, Kh=3, seed=1)
+    sizes = [2, 3, 4]
+    out = fused_disc_head(h, w, b, sizes)
+    assert out.shape == (3, 3, 3) and out.dtype == torch.float32
+    logits = h @ w.t() + b
+    for s, rows in enumerate(logits.split(sizes)):
+        expected = torch.stack([rows.mean(0), F.softplus(rows).mean(0), F.softplus(-rows).mean(0)], -1)
+        torch.testing.assert_close(out[s], expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_inputs_return_float32(dtype):
+    h, w, b = make(dtype=dtype)
+    out = fused_disc_head(h, w, b, [4, 6])
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, fused_disc_head_reference(h.float(), w.float(), b.float(), [4, 6]))
+
+
+def test_float64_stays_float64():
+    h, w, b = make(dtype=torch.float64)
+    assert fused_disc_head(h, w, b, [10]).dtype == torch.float64
+
+
+def test_gradcheck_reference_float64():
+    args = [t.double().requires_grad_() for t in make(N=6, D=3, Kh=2, seed=2)]
+    assert torch.autograd.gradcheck(lambda h, w, b: fused_disc_head_reference(h, w, b, [1, 2, 3]), args)
+
+
+def test_gradcheck_op_float64():
+    """The op's hand-written backward (impl='torch') against finite differences."""
+    args = [t.double().requires_grad_() for t in make(N=6, D=3, Kh=2, seed=3)]
+    assert torch.autograd.gradcheck(lambda h, w, b: fused_disc_head(h, w, b, [1, 2, 3], impl="torch"), args)
+
+
+def test_op_backward_matches_autograd_through_the_reference():
+    h, w, b = make(N=30, D=7, Kh=3, seed=4, requires_grad=True)
+    g = torch.randn(3, 3, 3)
+    got = torch.autograd.grad(fused_disc_head(h, w, b, [10, 1, 19], impl="torch"), (h, w, b), g)
+    want = torch.autograd.grad(fused_disc_head_reference(h, w, b, [10, 1, 19]), (h, w, b), g)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e)
+
+
+def test_accepts_tuples_numpy_ints_and_integer_tensors():
+    h, w, b = make()
+    want = fused_disc_head(h, w, b, [4, 6])
+    for sizes in [(4, 6), [np.int64(4), np.int32(6)], torch.tensor([4, 6]), torch.Size([4, 6])]:
+        torch.testing.assert_close(fused_disc_head(h, w, b, sizes), want)
+
+
+def test_autocast_casts_like_linear():
+    h, w, b = make()  # float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused_disc_head(h, w, b, [4, 6])
+    assert out.dtype == torch.float32
+    expected = fused_disc_head_reference(h.bfloat16(), w.bfloat16(), b.bfloat16(), [4, 6])
+    torch.testing.assert_close(out, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: each a ValueError naming the values
+
+
+@pytest.mark.parametrize(
+    "sizes, match",
+    [
+        ([], r"segment_sizes is empty"),
+        ([4, 0, 6], r"segment_sizes\[1\] = 0 is not positive"),
+        ([5, -1, 6], r"segment_sizes\[1\] = -1 is not positive"),
+        ([4, 5], r"segment_sizes \[4, 5\] sum to 9, but h has N=10 rows"),
+        ([4, 7], r"sum to 11, but h has N=10"),
+        ([4, 6.0], r"segment_sizes\[1\] = 6.0 is not an integer"),
+        ([True, 9], r"segment_sizes\[0\] = True is not an integer"),
+        ("46", r"must be a sequence of positive ints"),
+        (10, r"must be a sequence of positive ints"),
+    ],
+)
+def test_bad_segment_sizes(sizes, match):
+    h, w, b = make()
+    with pytest.raises(ValueError, match=match):
+        fused_disc_head(h, w, b, sizes)
+
+
+def test_bad_shapes():
+    h, w, b = make(N=10, D=5, Kh=2)
+    with pytest.raises(ValueError, match=r"h must be 2-D \[N, D\]; got shape \(10, 5, 1\)"):
+        fused_disc_head(h[..., None], w, b, [10])
+    with pytest.raises(ValueError, match=r"weight must be 2-D"):
+        fused_disc_head(h, w[0], b, [10])
+    with pytest.raises(ValueError, match=r"bias must be 1-D \[K\]; got shape \(2, 1\)"):
+        fused_disc_head(h, w, b[:, None], [10])
+    with pytest.raises(ValueError, match=r"D=5 to match h of shape \(10, 5\); got weight of shape \(2, 4\)"):
+        fused_disc_head(h, w[:, :4], b, [10])
+    with pytest.raises(ValueError, match=r"K=2 to match weight of shape \(2, 5\); got bias of shape \(3,\)"):
+        fused_disc_head(h, w, torch.zeros(3), [10])
+    with pytest.raises(ValueError, match=r"K=0, D=5"):
+        fused_disc_head(h, w[:0], b[:0], [10])
+
+
+def test_bad_dtypes_and_devices():
+    h, w, b = make()
+    with pytest.raises(ValueError, match=r"got h torch.bfloat16, weight torch.float32, bias torch.float32"):
+        fused_disc_head(h.bfloat16(), w, b, [10])
+    with pytest.raises(ValueError, match=r"bias torch.float64"):
+        fused_disc_head(h, w, b.double(), [10])
+    with pytest.raises(ValueError, match=r"h has dtype torch.int64"):
+        fused_disc_head(h.long(), w.long(), b.long(), [10])
+    with pytest.raises(ValueError, match=r"got h on cpu, weight on meta, bias on cpu"):
+        fused_disc_head(h, w.to("meta"), b, [10])
+    with pytest.raises(TypeError, match=r"weight must be a torch.Tensor, got list"):
+        fused_disc_head(h, [[1.0] * 5] * 2, b, [10])
+
+
+def test_direct_op_calls_are_validated_too():
+    h, w, b = make()
+    with pytest.raises(ValueError, match=r"sum to 9, but h has N=10"):
+        torch.ops.asvae_kit.fused_disc_head(h, w, b, [4, 5], "torch")
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing the implementation
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Count which implementation runs (reference vs Triton module loads)."""
+    calls = {"torch": 0, "load_triton": 0}
+    real_ref = fdh.fused_disc_head_reference
+
+    def ref(*args, **kwargs):
+        calls["torch"] += 1
+        return real_ref(*args, **kwargs)
+
+    monkeypatch.setattr(fdh, "fused_disc_head_reference", ref)
+    real_load = fdh._load_triton_module
+
+    def load():
+        calls["load_triton"] += 1
+        return real_load()
+
+    monkeypatch.setattr(fdh, "_load_triton_module", load)
+    return calls
+
+
+def test_bad_impl():
+    h, w, b = make()
+    with pytest.raises(ValueError, match=r"impl='cuda' is not one of \('auto', 'triton', 'torch'\)"):
+        fused_disc_head(h, w, b, [10], impl="cuda")
+
+
+@pytest.mark.parametrize("impl", ["auto", None])
+def test_auto_uses_the_reference_for_cpu_tensors(spy, impl):
+    h, w, b = make()
+    fused_disc_head(h, w, b, [10], impl=impl)
+    assert spy == {"torch": 1, "load_triton": 0}
+
+
+def test_env_var_sets_the_default(spy, monkeypatch):
+    h, w, b = make()
+    monkeypatch.setenv("ASVAE_KIT_KERNELS", "torch")
+    fused_disc_head(h, w, b, [10])
+    assert spy == {"torch": 1, "load_triton": 0}
+    monkeypatch.setenv("ASVAE_KIT_KERNELS", "Triton")  # case-insensitive
+    fused_disc_head(h, w, b, [10])  # TRITON_INTERPRET=1 (conftest): runs in the interpreter
+    assert spy == {"torch": 1, "load_triton": 1}
+    fused_disc_head(h, w, b, [10], impl="torch")  # an explicit impl wins
+    assert spy["torch"] == 2
+    monkeypatch.setenv("ASVAE_KIT_KERNELS", "fast")
+    with pytest.raises(ValueError, match=r"ASVAE_KIT_KERNELS='fast' is not one of"):
+        fused_disc_head(h, w, b, [10])
+
+
+def test_triton_on_cpu_without_interpreter_says_what_to_do(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    h, w, b = make()
+    with pytest.raises(RuntimeError, match=r"cannot run on CPU tensors.*TRITON_INTERPRET=1.*impl='torch'"):
+        fused_disc_head(h, w, b, [10], impl="triton")
+
+
+def test_triton_not_installed_says_what_to_do(monkeypatch):
+    monkeypatch.setattr(fdh, "_triton_installed", lambda: False)
+    h, w, b = make()
+    with pytest.raises(RuntimeError, match=r"needs the triton package.*pip install 'asvae-kit\[triton\]'.*impl='torch'"):
+        fused_disc_head(h, w, b, [10], impl="triton")
+
+
+def _pretend_cuda(monkeypatch, module):
+    """Make impl='auto' take its CUDA branch on CPU tensors, with ``module`` as 'Triton'."""
+    monkeypatch.setattr(fdh, "_auto_wants_triton", lambda h, w: True)
+
+    def load():
+        if isinstance(module, Exception):
+            raise module
+        return module
+
+    monkeypatch.setattr(fdh, "_load_triton_module", load)
+
+
+def _broken_kernels(counter):
+    def fail(*args, **kwargs):
+        counter.append(1)
+        raise RuntimeError("PTX assembly failed (simulated)")
+
+    return types.SimpleNamespace(INTERPRETED=False, forward=fail, backward=fail)
+
+
+def test_auto_falls_back_with_one_warning_when_the_kernel_fails(monkeypatch):
+    attempts = []
+    _pretend_cuda(monkeypatch, _broken_kernels(attempts))
+    h, w, b = make(requires_grad=True)
+    with pytest.warns(RuntimeWarning, match=r"the Triton kernel failed \(RuntimeError: PTX assembly failed.*falling back"):
+        out = fused_disc_head(h, w, b, [3, 7])
+    torch.testing.assert_close(out, fused_disc_head_reference(h, w, b, [3, 7]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning, and no second attempt
+        out = fused_disc_head(h, w, b, [3, 7])
+        out.sum().backward()
+    assert attempts == [1]
+    assert h.grad is not None
+
+
+def test_auto_falls_back_with_one_warning_when_triton_does_not_import(monkeypatch):
+    _pretend_cuda(monkeypatch, ImportError("No module named 'triton'"))
+    h, w, b = make()
+    with pytest.warns(RuntimeWarning, match=r"Triton could not be imported.*No module named 'triton'"):
+        fused_disc_head(h, w, b, [10])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fused_disc_head(h, w, b, [10])
+
+
+def test_explicit_triton_never_falls_back(monkeypatch):
+    attempts = []
+    module = _broken_kernels(attempts)
+    monkeypatch.setattr(fdh, "_require_triton", lambda h, w: module)
+    h, w, b = make()
+    with pytest.raises(RuntimeError, match="PTX assembly failed"):
+        fused_disc_head(h, w, b, [10], impl="triton")
+
+
+def test_auto_does_not_treat_out_of_memory_as_a_triton_failure(monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    _pretend_cuda(monkeypatch, types.SimpleNamespace(INTERPRETED=False, forward=oom, backward=oom))
+    h, w, b = make()
+    with pytest.raises(torch.OutOfMemoryError):
+        fused_disc_head(h, w, b, [10])
+    assert fdh._State.failure is None
+
+
+# --------------------------------------------------------------------------------------------
+# torch.library registration
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton", "default"])
+def test_opcheck_forward(impl):
+    h, w, b = make(N=11, D=6, Kh=3, seed=5, requires_grad=True)
+    torch.library.opcheck(torch.ops.asvae_kit.fused_disc_head.default, (h, w, b, [1, 4, 6], impl))
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("needs", [(True, True), (True, False), (False, True)])
+def test_opcheck_backward(impl, needs):
+    h, w, b = make(N=11, D=6, Kh=3, seed=6)
+    g = torch.randn(3, 3, 3)
+    torch.library.opcheck(torch.ops.asvae_kit.fused_disc_head_backward.default,
+                          (g, h, w, b, [1, 4, 6], impl, *needs))
+
+
+def _loss(h_q, h_p, h_m, weight, bias):
+    """What a divergence does: stack three batches, one op call, a linear combination."""
+    h = torch.cat([h_q, h_p, h_m])
+    stats = fused_disc_head(h, weight, bias, [h_q.shape[0], h_p.shape[0], h_m.shape[0]])
+    disc = stats[0, 0, 2] + stats[2, 0, 1] + stats[1, 1, 2] + stats[2, 1, 1]
+    skl = (stats[0, 0, 0] - stats[0, 1, 0]) + (stats[1, 1, 0] - stats[1, 0, 0])
+    return disc + 0.5 * skl
+
+
+def _compile_inputs(seed=7):
+    gen = torch.Generator().manual_seed(seed)
+    hs = [torch.randn(n, 16, generator=gen, requires_grad=True) for n in (5, 7, 6)]
+    weight = torch.randn(2, 16, generator=gen, requires_grad=True)
+    bias = torch.randn(2, generator=gen, requires_grad=True)
+    return (*hs, weight, bias)
+
+
+def _eager_and_compiled(compiled, inputs):
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    want = _loss(*leaves)
+    want_grads = torch.autograd.grad(want, leaves)
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    got = compiled(*leaves)
+    got_grads = torch.autograd.grad(got, leaves)
+    return (got, got_grads), (want, want_grads)
+
+
+def test_torch_compile_no_graph_break_same_values():
+    torch._dynamo.reset()
+    compiled = torch.compile(_loss, fullgraph=True)  # fullgraph: a graph break is an error
+    (got, got_grads), (want, want_grads) = _eager_and_compiled(compiled, _compile_inputs())
+    torch.testing.assert_close(got, want)
+    for a, e in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, e)
+    explanation = torch._dynamo.explain(_loss)(*_compile_inputs())
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+def test_torch_compile_dynamic_shapes():
+    """Segment sizes that come from (symbolic) tensor shapes still trace without a break."""
+    torch._dynamo.reset()
+    compiled = torch.compile(_loss, fullgraph=True, dynamic=True, backend="aot_eager")
+    for seed, sizes in ((8, (5, 7, 6)), (9, (3, 1, 4))):
+        gen = torch.Generator().manual_seed(seed)
+        inputs = (*[torch.randn(n, 16, generator=gen) for n in sizes],
+                  torch.randn(2, 16, generator=gen), torch.randn(2, generator=gen))
+        (got, got_grads), (want, want_grads) = _eager_and_compiled(compiled, inputs)
+        torch.testing.assert_close(got, want)
+        for a, e in zip(got_grads, want_grads):
+            torch.testing.assert_close(a, e)
+
+
+# --------------------------------------------------------------------------------------------
+# Import hygiene
+
+
+def test_importing_the_package_does_not_import_triton():
+    code = ("import sys, asvae_kit, asvae_kit.kernels, torch; "
+            "assert 'triton' not in sys.modules, 'triton imported'; "
+            "assert hasattr(torch.ops.asvae_kit, 'fused_disc_head'); print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
+
+
+def test_public_names():
+    assert K.IMPLS == ("auto", "triton", "torch")
+    assert K.ENV_VAR == "ASVAE_KIT_KERNELS"
+    assert callable(K.fused_disc_head) and K.fused_disc_head is fused_disc_head
