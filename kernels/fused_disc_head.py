@@ -45,6 +45,7 @@ MAX_TRITON_HEADS = 16  # == fused_disc_head_triton.MAX_HEADS (not imported: that
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _AUTOCAST_DEVICES = ("cuda", "cpu", "xpu", "mps", "hpu")
 _TRITON_MODULE = __package__ + ".fused_disc_head_triton"
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 T = TypeVar("T")
 
@@ -69,8 +70,8 @@ def fused_disc_head(
     float64 inputs are computed and returned in float64 (for ``gradcheck``).  It is
     differentiable in ``h``, ``weight`` and ``bias`` (first order); the backward recomputes the
     logits instead of saving them.  Inputs may have any strides (no copies are made).  Under
-    ``torch.autocast`` the three tensors are cast to the autocast dtype first, as ``nn.Linear``
-    would be.
+    ``torch.autocast`` the tensors are cast to the autocast dtype first (float64 excepted), as for
+    ``nn.Linear``; the result stays float32.
 
     ``impl``:
         ``"auto"`` -- the Triton kernels for CUDA tensors when Triton imports and compiles (and
@@ -85,7 +86,7 @@ def fused_disc_head(
         ``None`` (default) -- ``$ASVAE_KIT_KERNELS`` (``auto|triton|torch``), else ``"auto"``; it
         is read when the op runs, so a compiled function follows later changes of the variable.
 
-    Both implementations give bitwise reproducible results run to run (no atomics).
+    The Triton kernels use no atomics: their results are bitwise reproducible run to run.
 
     NaN/inf policy: values are not inspected (that would cost a GPU sync on every call).  NaN and
     inf propagate exactly as the arithmetic dictates, only into the segments whose rows hold them:
@@ -111,10 +112,15 @@ def fused_disc_head(
     _check_tensors(h, weight, bias)
     device_type = h.device.type
     if device_type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device_type):
+        # What autocast does for nn.Linear: floating tensors other than float64 take its dtype.
         dtype = torch.get_autocast_dtype(device_type)
-        h, weight, bias = h.to(dtype), weight.to(dtype), bias.to(dtype)
+        h, weight, bias = _autocast_cast(h, dtype), _autocast_cast(weight, dtype), _autocast_cast(bias, dtype)
     sizes = _validate(h, weight, bias, segment_sizes)
     return torch.ops.asvae_kit.fused_disc_head(h, weight, bias, sizes, impl_arg)
+
+
+def _autocast_cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,7 +311,7 @@ def _dispatch(impl: str, h: Tensor, weight: Tensor,
         return run_torch()
     try:
         return run_triton(module)
-    except torch.OutOfMemoryError:
+    except _OUT_OF_MEMORY:
         raise  # not a Triton problem; the reference would not fit either
     except Exception as exc:  # compilation or launch failure
         _record_failure(f"the Triton kernel failed ({type(exc).__name__}: {exc})")

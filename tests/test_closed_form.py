@@ -26,7 +26,6 @@ import csv
 import math
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch

@@ -5,6 +5,7 @@ torch.compile), and import hygiene.  The Triton kernels' numerics are in test_ke
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import types
@@ -19,6 +20,10 @@ import asvae_kit.kernels as K
 from asvae_kit.kernels import fused_disc_head, fused_disc_head_reference
 
 fdh = sys.modules["asvae_kit.kernels.fused_disc_head"]  # the module (the package attribute is the function)
+
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+pytestmark = pytest.mark.filterwarnings(  # emitted by torch's own imports (torch._dynamo)
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
 
 def make(N=10, D=5, Kh=2, dtype=torch.float32, seed=0, requires_grad=False):
@@ -199,6 +204,7 @@ def test_auto_uses_the_reference_for_cpu_tensors(spy, impl):
     assert spy == {"torch": 1, "load_triton": 0}
 
 
+@needs_triton
 def test_env_var_sets_the_default(spy, monkeypatch):
     h, w, b = make()
     monkeypatch.setenv("ASVAE_KIT_KERNELS", "torch")
@@ -214,6 +220,7 @@ def test_env_var_sets_the_default(spy, monkeypatch):
         fused_disc_head(h, w, b, [10])
 
 
+@needs_triton
 def test_triton_on_cpu_without_interpreter_says_what_to_do(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET")
     h, w, b = make()
@@ -297,13 +304,13 @@ def test_auto_does_not_treat_out_of_memory_as_a_triton_failure(monkeypatch):
 # torch.library registration
 
 
-@pytest.mark.parametrize("impl", ["torch", "triton", "default"])
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton), "default"])
 def test_opcheck_forward(impl):
     h, w, b = make(N=11, D=6, Kh=3, seed=5, requires_grad=True)
     torch.library.opcheck(torch.ops.asvae_kit.fused_disc_head.default, (h, w, b, [1, 4, 6], impl))
 
 
-@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
 @pytest.mark.parametrize("needs", [(True, True), (True, False), (False, True)])
 def test_opcheck_backward(impl, needs):
     h, w, b = make(N=11, D=6, Kh=3, seed=6)
@@ -380,3 +387,13 @@ def test_public_names():
     assert K.IMPLS == ("auto", "triton", "torch")
     assert K.ENV_VAR == "ASVAE_KIT_KERNELS"
     assert callable(K.fused_disc_head) and K.fused_disc_head is fused_disc_head
+
+
+def test_torch_compile_under_autocast():
+    torch._dynamo.reset()
+    inputs = _compile_inputs(seed=10)
+    compiled = torch.compile(_loss, fullgraph=True, backend="aot_eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = compiled(*inputs)
+        want = _loss(*inputs)
+    torch.testing.assert_close(got, want)

@@ -41,10 +41,14 @@ from hypothesis import strategies as st
 import asvae_kit.kernels as K
 from asvae_kit.kernels import fused_disc_head, fused_disc_head_reference
 
+pytest.importorskip("triton", reason="the Triton kernels need triton (pip install 'asvae-kit[triton]')")
 fdt = importlib.import_module("asvae_kit.kernels.fused_disc_head_triton")
 
-pytestmark = pytest.mark.skipif(not fdt.INTERPRETED and not torch.cuda.is_available(),
-                                reason="needs TRITON_INTERPRET=1 (set in conftest.py) or a GPU")
+pytestmark = [
+    pytest.mark.skipif(not fdt.INTERPRETED and not torch.cuda.is_available(),
+                       reason="needs TRITON_INTERPRET=1 (set in conftest.py) or a GPU"),
+    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+]
 
 DEVICE = "cuda" if not fdt.INTERPRETED else "cpu"
 
