@@ -20,6 +20,8 @@ there), then timed with ``benchmark.pedantic``.  On a GPU each timed round ends 
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch._dynamo
@@ -40,10 +42,13 @@ SHAPES = [(n, d) for n in (256, 4096, 65536) for d in (256, 1024)]
 MODES = ["fwd", "fwd+bwd"]
 IMPLS = ["triton", "eager", "compile", "op-torch"]
 
-_compiled_reference = torch.compile(fused_disc_head_reference, dynamic=False)
-
 pytestmark = pytest.mark.filterwarnings(  # emitted by torch's own imports (torch._dynamo)
     "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+
+@functools.cache
+def _compiled_reference():
+    return torch.compile(fused_disc_head_reference, dynamic=False)
 
 
 def _triton_skip_reason() -> str | None:
@@ -63,7 +68,7 @@ def _impl_fn(impl):
     if impl == "op-torch":
         return lambda h, w, b, sizes: fused_disc_head(h, w, b, sizes, impl="torch")
     if impl == "compile":
-        return _compiled_reference
+        return _compiled_reference()
     return fused_disc_head_reference
 
 
