@@ -20,14 +20,14 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "encoder": {"name": "mlp", "hidden": [512, 256]},
         "decoder": {"name": "mlp", "hidden": [256, 512], "likelihood": "bernoulli"},
         "discriminator": {"name": "joint-mlp", "hidden": [512, 256]},
-        "latent_dim": 16,
+        "latent_dim": 8,
         "steps": 3000,
     },
     "resnet": {
         "encoder": {"name": "resnet", "width": 32},
         "decoder": {"name": "resnet", "width": 32, "likelihood": "bernoulli"},
         "discriminator": {"name": "joint-resnet", "width": 32, "hidden": [256, 256]},
-        "latent_dim": 32,
+        "latent_dim": 8,
         "steps": 2000,
     },
 }
