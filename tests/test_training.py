@@ -163,3 +163,23 @@ def test_resnet_asvae_runs_on_real_fashion_mnist(tmp_path):
     assert all(math.isfinite(v) for v in trainer.history[-1].values())
     loaded = asvae_kit.load(tmp_path / "fmnist")
     assert loaded.sample(4, seed=0).shape == (4, 1, 28, 28)
+
+
+@pytest.mark.parametrize("divergence, heads", [("asvae", 2), ("avb", 1), ("ali", 1)])
+def test_a_discriminator_with_the_wrong_head_count_is_refused(divergence, heads):
+    from asvae_kit.trainer import Trainer
+
+    config = asvae_kit.build("mlp-asvae", divergence=divergence, **SMALL).config
+    div = asvae_kit.build_component("divergence", divergence)
+    assert div.num_heads == heads
+    context = {"data_shape": (1, 8, 8), "latent_dim": 4}
+    wrong = asvae_kit.build_component("discriminator", "joint-mlp", num_heads=heads + 1, hidden=[8], **context)
+    with pytest.raises(ConfigError, match=rf"needs a discriminator with {heads} head\(s\), but its head has {heads + 1}"):
+        Trainer(
+            config,
+            encoder=asvae_kit.build_component("encoder", "mlp", hidden=[8], **context),
+            decoder=asvae_kit.build_component("decoder", "mlp", hidden=[8], **context),
+            discriminator=wrong,
+            divergence=div,
+            data_shape=(1, 8, 8),
+        )
