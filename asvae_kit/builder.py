@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -11,14 +12,10 @@ import torch
 
 from .config import resolve_config
 from .errors import CheckpointError, ConfigError
-from .registry import build_component
+from .registry import build_entry
 from .trainer import CONFIG_FILE, Trainer
 
-__all__ = ["build", "build_from_config", "load"]
-
-
-def _component_config(entry: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in entry.items() if k != "name"}
+__all__ = ["build", "build_from_config", "load", "LOAD_OVERRIDES"]
 
 
 def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer:
@@ -29,8 +26,7 @@ def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer
     """
     if config["data_shape"] is None:
         if dataset is None:
-            entry = config["data"]
-            dataset = build_component("dataset", entry["name"], **_component_config(entry))
+            dataset = build_entry("dataset", config["data"])
         shape = getattr(dataset, "data_shape", None)
         if shape is None:
             raise ConfigError(f"dataset {config['data']['name']!r} has no data_shape attribute (DESIGN.md §2)")
@@ -39,16 +35,14 @@ def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer
     latent_dim = config["latent_dim"]
 
     torch.manual_seed(config["seed"])
-    divergence = build_component("divergence", config["divergence"]["name"], **_component_config(config["divergence"]))
+    divergence = build_entry("divergence", config["divergence"])
     num_heads = int(getattr(divergence, "num_heads", 0))
     context = {"data_shape": data_shape, "latent_dim": latent_dim}
-    encoder = build_component("encoder", config["encoder"]["name"], **context, **_component_config(config["encoder"]))
-    decoder = build_component("decoder", config["decoder"]["name"], **context, **_component_config(config["decoder"]))
+    encoder = build_entry("encoder", config["encoder"], **context)
+    decoder = build_entry("decoder", config["decoder"], **context)
     discriminator = None
     if num_heads > 0:
-        discriminator = build_component(
-            "discriminator", config["discriminator"]["name"], num_heads=num_heads, **context, **_component_config(config["discriminator"])
-        )
+        discriminator = build_entry("discriminator", config["discriminator"], num_heads=num_heads, **context)
     return Trainer(
         config,
         encoder=encoder,
@@ -72,8 +66,17 @@ def build(preset: str | Mapping[str, Any] = "resnet-asvae", /, **overrides: Any)
     return build_from_config(resolve_config(preset, overrides))
 
 
-def load(run_dir: str | os.PathLike) -> Trainer:
-    """The ``Trainer`` saved in ``run_dir`` (config, weights, optimizer and RNG state)."""
+#: Keys ``load`` lets a caller change: where and how long to go on, never what the model is.
+LOAD_OVERRIDES = ("steps", "log_every", "sample_every", "checkpoint_every", "device", "metrics", "eval_size")
+
+
+def load(run_dir: str | os.PathLike, /, **overrides: Any) -> Trainer:
+    """The ``Trainer`` saved in ``run_dir`` (config, weights, optimizer and RNG state).
+
+    ``overrides`` may change the run's schedule and placement (``steps``, ``device``, ...; see
+    ``LOAD_OVERRIDES``) and the dataset's file options (``"data.data_dir"``...), validated like
+    ``build``'s.  A run saved on a GPU loads on a CPU-only machine (with a warning).
+    """
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
@@ -82,6 +85,14 @@ def load(run_dir: str | os.PathLike) -> Trainer:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{config_path} is not valid JSON ({exc})") from None
-    trainer = build_from_config(resolve_config(config))
+    for key in overrides:
+        if key not in LOAD_OVERRIDES and not key.startswith("data."):
+            allowed = ", ".join(LOAD_OVERRIDES)
+            raise ConfigError(f"load() keeps the run's model; {key!r} cannot change (allowed: {allowed}, and data.* file options)")
+    device = overrides.get("device", config.get("device", "auto"))
+    if isinstance(device, str) and device.startswith("cuda") and not torch.cuda.is_available():
+        warnings.warn(f"{run_dir} was trained on device {device!r}, which this machine lacks; loading it on the CPU", stacklevel=2)
+        overrides = {**overrides, "device": "cpu"}
+    trainer = build_from_config(resolve_config(config, overrides))
     trainer.load_state(run_dir)
     return trainer

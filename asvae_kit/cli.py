@@ -65,7 +65,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model and write a run directory")
-    p.add_argument("--preset", default="resnet-asvae", help="preset name (default: resnet-asvae; see `asvae-kit list preset`)")
+    p.add_argument("--preset", help="preset name (default: resnet-asvae; see `asvae-kit list preset`)")
     p.add_argument("--data", help="dataset name (default: the preset's, digits)")
     p.add_argument("--data-dir", help="directory holding the dataset's files (else $ASVAE_KIT_DATA)")
     p.add_argument("--download", action="store_true", help="download the dataset's published files if missing")
@@ -87,11 +87,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_positive, default=64, help="number of samples (default 64)")
     p.add_argument("-o", "--output", required=True, help="PNG file to write")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the run's, or cpu if it is missing)")
 
     p = sub.add_parser("evaluate", help="compute metrics of a trained run")
     p.add_argument("run_dir")
     p.add_argument("--metrics", help="comma-separated metric names (default: the run's config)")
     p.add_argument("--data-dir", help="directory holding the dataset's files")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the run's, or cpu if it is missing)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("list", help="list registered components")
@@ -144,21 +146,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not existing:
             raise CommandError(f"--resume given, but {out} holds no run to continue")
-        trainer = load(out)
-        allowed = {"steps", "log_every", "sample_every", "checkpoint_every", "device", "data.data_dir", "data.download"}
-        for key, value in overrides.items():
-            if key not in allowed:
-                raise CommandError(f"--resume keeps the run's config; {key!r} cannot change (only {', '.join(sorted(allowed))})")
-            if key.startswith("data."):
-                trainer.config["data"][key.split(".", 1)[1]] = value
-            else:
-                trainer.config[key] = value
+        if args.preset or args.data:
+            raise CommandError("--resume continues the run as it was configured; drop --preset/--data")
+        trainer = load(out, **overrides)
+        what = f"resuming {out}"
     else:
-        trainer = build(args.preset, **overrides)
+        _check_data_dir_applies(args)
+        trainer = build(args.preset or "resnet-asvae", **overrides)
+        what = f"training {args.preset or 'resnet-asvae'}"
     total = trainer.config["steps"]
     print(
-        f"training {args.preset if not args.resume else trainer.config['divergence']['name']} on "
-        f"{trainer.config['data']['name']} {tuple(trainer.data_shape)} for {total} steps "
+        f"{what} on {trainer.config['data']['name']} {tuple(trainer.data_shape)} for {total} steps "
         f"(from step {trainer.step}) on {trainer.device}; writing {out}",
         file=sys.stderr,
     )
@@ -170,11 +168,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_data_dir_applies(args: argparse.Namespace) -> None:
+    """--data-dir on a dataset that reads no files (the default digits) is a mistake worth naming."""
+    if not args.data_dir:
+        return
+    from .config import resolve_config
+    from .registry import factory_config_defaults, get_registry
+
+    name = args.data or resolve_config(args.preset or "resnet-asvae")["data"]["name"]
+    defaults, accepts_any = factory_config_defaults(get_registry().get("dataset", name).factory)
+    if "data_dir" not in defaults and not accepts_any:
+        raise CommandError(
+            f"--data-dir applies to datasets read from files (mnist, fashion-mnist, cifar10), not to {name!r}; "
+            "add --data NAME"
+        )
+
+
+def _device_override(args: argparse.Namespace) -> dict[str, Any]:
+    return {"device": args.device} if args.device else {}
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     from .builder import load
     from .images import save_image_grid
 
-    trainer = load(args.run_dir)
+    trainer = load(args.run_dir, **_device_override(args))
     save_image_grid(trainer.sample(args.n, seed=args.seed), args.output)
     print(args.output)
     return 0
@@ -183,9 +201,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .builder import load
 
-    trainer = load(args.run_dir)
+    overrides = _device_override(args)
     if args.data_dir:
-        trainer.config["data"]["data_dir"] = args.data_dir
+        overrides["data.data_dir"] = args.data_dir
+    trainer = load(args.run_dir, **overrides)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     results = trainer.evaluate(metrics)
     if args.json:

@@ -16,7 +16,7 @@ import math
 from typing import Any, Mapping
 
 from .errors import ConfigError
-from .names import close_matches
+from .names import article, close_matches
 
 __all__ = ["COMPONENT_KINDS", "DEFAULTS", "OPTIM_DEFAULTS", "resolve_config", "apply_overrides", "parse_value", "validate_config"]
 
@@ -60,11 +60,11 @@ def _entry(value: Any, key: str) -> dict[str, Any]:
         return {"name": value}
     if isinstance(value, Mapping):
         if "name" not in value or not isinstance(value["name"], str):
-            raise ConfigError(f"config entry {key!r} needs a 'name' (a registered {COMPONENT_KINDS[key]}), got {dict(value)!r}")
+            raise ConfigError(f"config entry {key!r} needs a 'name' ({article(COMPONENT_KINDS[key])} registered name), got {dict(value)!r}")
         return copy.deepcopy(dict(value))
     if value is None and key == "data":
         return {"name": None}  # type: ignore[dict-item]
-    raise ConfigError(f"config entry {key!r} must be a {COMPONENT_KINDS[key]} name or a mapping with 'name', got {value!r}")
+    raise ConfigError(f"config entry {key!r} must be {article(COMPONENT_KINDS[key])} name or a mapping with 'name', got {value!r}")
 
 
 def _unknown_key(key: str, known: Any, where: str) -> ConfigError:
@@ -74,9 +74,14 @@ def _unknown_key(key: str, known: Any, where: str) -> ConfigError:
 
 
 def apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Apply ``overrides`` (see the module docstring) to a copy of ``config``."""
+    """Apply ``overrides`` (see the module docstring) to a copy of ``config``.
+
+    Top-level keys are applied before dotted ones, so ``{"encoder.width": 8, "encoder": "resnet"}``
+    sets the width of the new resnet encoder whatever the order the keys came in.
+    """
     config = copy.deepcopy(config)
-    for raw_key, value in overrides.items():
+    ordered = sorted(overrides.items(), key=lambda item: "." in item[0])  # stable: keeps order within each group
+    for raw_key, value in ordered:
         parts = raw_key.split(".")
         top = parts[0]
         if top not in DEFAULTS:
@@ -173,7 +178,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             continue
         component = registry.get(kind, entry["name"])
         entry["name"] = component.name  # aliases resolve to the registered name
-        check_config_keys(component, {k: v for k, v in entry.items() if k != "name"})
+        check_config_keys(component, {k: v for k, v in entry.items() if k != "name"}, allow_context=False)
     for name in metrics:
         registry.get("metric", name)
     try:

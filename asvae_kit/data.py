@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .errors import DataError
 
@@ -112,6 +112,8 @@ class BatchStream:
             self._images = check_images(source.images, source.name, self.data_shape)
         elif isinstance(source, DataLoader):
             self._loader = source
+        elif isinstance(source, IterableDataset):
+            self._loader = DataLoader(source, batch_size=batch_size)  # streamed in its own order
         elif isinstance(source, Dataset):
             if len(source) == 0:  # type: ignore[arg-type]
                 raise DataError("the dataset is empty")
@@ -132,6 +134,17 @@ class BatchStream:
         self._iter: Iterator[torch.Tensor] = iter(())
         self._perm: torch.Tensor | None = None
         self._pos = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where an in-memory stream is in its current epoch (empty for loader-backed streams)."""
+        if self._images is None or self._perm is None:
+            return {}
+        return {"perm": self._perm.cpu(), "pos": self._pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._images is not None and state.get("perm") is not None and len(state["perm"]) == len(self._images):
+            self._perm = state["perm"].to(self.device)
+            self._pos = int(state["pos"])
 
     def __iter__(self) -> "BatchStream":
         return self
@@ -172,14 +185,18 @@ def first_images(source: Any, n: int) -> torch.Tensor:
         return source[:n].float()
     if isinstance(source, ImageDataset):
         return source.images[:n]
-    if isinstance(source, DataLoader):
+    if isinstance(source, (DataLoader, IterableDataset)):
         out, got = [], 0
-        for batch in source:
+        for batch in source if isinstance(source, DataLoader) else DataLoader(source, batch_size=n):
             images = _images_of(batch)
             out.append(images)
             got += len(images)
             if got >= n:
                 break
+        if not out:
+            raise DataError("the data yields no images")
         return torch.cat(out)[:n].float()
     items = [_images_of(source[i]) for i in range(min(n, len(source)))]
+    if not items:
+        raise DataError("the dataset is empty")
     return torch.stack(items).float()

@@ -53,7 +53,10 @@ class UnknownComponentError(AsvaeKitError, KeyError):
         if self.suggestions:
             parts.append("Did you mean " + " or ".join(repr(s) for s in self.suggestions) + "?")
         if self.other_kinds:
-            parts.append(f"{name!r} is registered as a {' and a '.join(self.other_kinds)}, not a {kind}.")
+            from .names import article
+
+            kinds = " and ".join(article(k) for k in self.other_kinds)
+            parts.append(f"{name!r} is registered as {kinds}, not {article(kind or 'component')}.")
         if self.failed_plugins:
             parts.append(
                 "These plugins failed to load and may provide it: "

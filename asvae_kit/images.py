@@ -20,8 +20,8 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, p
     x = images.detach().float().clamp(0, 1).cpu()
     n, c, h, w = x.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))
-    ncol = math.ceil(n / nrow)
-    grid = torch.full((c, ncol * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
+    rows = math.ceil(n / nrow)  # nrow is images per row, as in torchvision
+    grid = torch.full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
     for i in range(n):
         r, col = divmod(i, nrow)
         top, left = padding + r * (h + padding), padding + col * (w + padding)

@@ -6,12 +6,17 @@ import difflib
 import re
 from typing import Iterable
 
-__all__ = ["NAME_RE", "is_valid_name", "edit_distance", "close_matches", "KINDS", "normalize_kind"]
+__all__ = ["article", "NAME_RE", "is_valid_name", "edit_distance", "close_matches", "KINDS", "normalize_kind"]
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 #: The component kinds, singular, in the order commands list them.
 KINDS = ("encoder", "decoder", "discriminator", "divergence", "preset", "dataset", "metric")
+
+
+def article(word: str) -> str:
+    """``"an encoder"``, ``"a decoder"``."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def is_valid_name(name: object) -> bool:

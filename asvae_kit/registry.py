@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import ConfigError, UnknownComponentError
-from .names import KINDS, close_matches, normalize_kind
+from .names import KINDS, article, close_matches, normalize_kind
 
 __all__ = [
     "ComponentEntry",
@@ -24,6 +24,7 @@ __all__ = [
     "list_components",
     "describe",
     "build_component",
+    "build_entry",
     "factory_config_defaults",
     "CONTEXT_KEYS",
 ]
@@ -129,7 +130,7 @@ class Registry:
         """The entry for ``name`` (or one of its aliases); ``UnknownComponentError`` otherwise."""
         kind = normalize_kind(kind)
         if not isinstance(name, str):
-            raise ConfigError(f"a {kind} name must be a string, got {name!r} ({type(name).__name__})")
+            raise ConfigError(f"{article(kind)} name must be a string, got {name!r} ({type(name).__name__})")
         entry = self.provider_of(kind, name)
         if entry is not None:
             return entry
@@ -188,8 +189,25 @@ class Registry:
         return entry.factory(**config)
 
 
-def check_config_keys(entry: ComponentEntry, config: dict[str, Any]) -> None:
-    """Raise ``ConfigError`` (with did-you-mean) for keys the factory does not take."""
+_CONTEXT_SOURCE = {
+    "data_shape": "the top-level 'data_shape' key (or the dataset)",
+    "latent_dim": "the top-level 'latent_dim' key",
+    "num_heads": "the divergence (each divergence declares its head count)",
+}
+
+
+def check_config_keys(entry: ComponentEntry, config: dict[str, Any], *, allow_context: bool = True) -> None:
+    """Raise ``ConfigError`` (with did-you-mean) for keys the factory does not take.
+
+    With ``allow_context=False`` (config entries) the keys the builder supplies itself
+    (``data_shape``, ``latent_dim``, ``num_heads``) are refused, naming where they come from.
+    """
+    if not allow_context:
+        for key in config:
+            if key in CONTEXT_KEYS:
+                raise ConfigError(
+                    f"{entry.kind} {entry.name!r}: {key!r} is not set per component; it comes from {_CONTEXT_SOURCE[key]}"
+                )
     defaults, accepts_any = factory_config_defaults(entry.factory)
     if accepts_any:
         return
@@ -224,6 +242,11 @@ def reset_registry() -> None:
     global _registry
     with _lock:
         _registry = None
+
+
+def build_entry(kind: str, entry: dict[str, Any], **context: Any) -> Any:
+    """Build a config entry ``{"name": ..., **config}`` of ``kind``, adding the builder's ``context``."""
+    return build_component(kind, entry["name"], **context, **{k: v for k, v in entry.items() if k != "name"})
 
 
 def list_components(kind: str | None = None, pattern: str = "*") -> list[str]:

@@ -101,6 +101,8 @@ class Trainer:
         fixed = torch.Generator().manual_seed(int(config["seed"]) + 1)
         self.fixed_z = torch.randn(GRID_SIZE, self.latent_dim, generator=fixed).to(self.device)
         self._recon_images: torch.Tensor | None = None
+        self._stream: BatchStream | None = None  # over the configured dataset, kept across fit() calls
+        self._stream_state: dict[str, Any] | None = None  # from a checkpoint, applied to the next stream
         self._pending: dict[str, list[float]] = {}
         self._csv_columns: list[str] | None = None
 
@@ -114,9 +116,9 @@ class Trainer:
             entry = self.config["data"]
             if entry.get("name") is None:
                 raise ConfigError("this trainer has no configured data (data=None); pass data to fit() or evaluate()")
-            from .registry import build_component
+            from .registry import build_entry
 
-            self._dataset = build_component("dataset", entry["name"], **{k: v for k, v in entry.items() if k != "name"})
+            self._dataset = build_entry("dataset", entry)
         return self._dataset
 
     def _eval_images(self, data: Any = None) -> torch.Tensor:
@@ -193,18 +195,24 @@ class Trainer:
         directory this trainer was loaded from or last saved to; none means nothing is written).
         ``progress``: a tqdm bar; by default only when stderr is a terminal.
         """
-        total = int(self.config["steps"] if steps is None else steps)
-        if total < 0:
-            raise ConfigError(f"steps must be non-negative, got {total}")
+        if steps is not None:
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+                raise ConfigError(f"fit(steps=...) takes the run's total step count, a non-negative integer; got {steps!r}")
+            self.config["steps"] = steps  # config.json states the total this run trains to
+        total = self.config["steps"]
         if run_dir is not None:
             self.run_dir = Path(run_dir)
-        source = self.dataset if data is None else data
+        stream = self._batch_stream(data)
         if self._recon_images is None or data is not None:
+            source = self.dataset if data is None else data
             self._recon_images = check_images(first_images(source, RECON_PAIRS), "training data", self.data_shape).to(self.device)
-        stream = BatchStream(source, self.config["batch_size"], self.data_shape, self.device, self.data_generator)
         log_every, sample_every, ckpt_every = (self.config[k] for k in ("log_every", "sample_every", "checkpoint_every"))
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            stale = self.run_dir / METRICS_FILE
+            if self.step == 0 and stale.exists():  # left by a run that died before its first checkpoint
+                stale.unlink()
+                self._csv_columns = None
             self._write_config()
 
         from tqdm.auto import tqdm
@@ -240,6 +248,18 @@ class Trainer:
             self.save_grids(self.run_dir)
             self.save(self.run_dir)
         return self
+
+    def _batch_stream(self, data: Any) -> BatchStream:
+        """Batches of ``data``, or of the configured dataset (one stream kept across ``fit`` calls,
+        its shuffling position checkpointed, so a resumed run sees the batches an unbroken one would)."""
+        if data is not None:
+            return BatchStream(data, self.config["batch_size"], self.data_shape, self.device, self.data_generator)
+        if self._stream is None:
+            self._stream = BatchStream(self.dataset, self.config["batch_size"], self.data_shape, self.device, self.data_generator)
+            if self._stream_state is not None:
+                self._stream.load_state_dict(self._stream_state)
+                self._stream_state = None
+        return self._stream
 
     def _log_row(self, elapsed: float, steps_done: int) -> dict[str, float]:
         """Average the terms gathered since the last row into one history/metrics.csv row."""
@@ -282,6 +302,8 @@ class Trainer:
         if z is None:
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
             z = torch.randn(n, self.latent_dim, generator=generator)
+        elif tuple(z.shape) != (n, self.latent_dim):
+            raise ValueError(f"sample(n={n}, z=...): z must have shape [{n}, {self.latent_dim}], got {list(z.shape)}")
         return self.decoder(z.to(self.device)).mean
 
     def _as_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -371,6 +393,7 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "data": self.data_generator.get_state(),
             },
+            "data_stream": self._stream.state_dict() if self._stream is not None else self._stream_state,
             "history": self.history,
         }
         with atomic_path(self.run_dir / STATE_FILE) as tmp:  # type: ignore[operator]
@@ -413,6 +436,7 @@ class Trainer:
                 torch.cuda.set_rng_state_all(rng["cuda"])
             if "data" in rng:
                 self.data_generator.set_state(rng["data"])
+            self._stream, self._stream_state = None, state.get("data_stream")
             self.history = list(state.get("history", []))
         self.run_dir = run_dir
 

@@ -79,16 +79,17 @@ def _check_limit(limit: Any, name: str) -> int | None:
     return limit
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None, name: str, *, download: bool = False) -> Path:
+def resolve_data_dir(data_dir: str | os.PathLike | None, name: str, *, download: bool = False, downloadable: bool = True) -> Path:
     """``data_dir``, else ``$ASVAE_KIT_DATA``, else (only when downloading) ``~/.cache/asvae-kit``."""
     if data_dir is None:
         data_dir = os.environ.get("ASVAE_KIT_DATA") or None
     if data_dir is None:
         if download:
             return Path.home() / ".cache" / "asvae-kit"
+        fetch = "; pass --download to fetch the published files" if downloadable else ""
         raise DataError(
             f"dataset {name!r} reads files from a directory: pass --data-dir PATH (Python: data_dir=...) "
-            f"or set ASVAE_KIT_DATA; pass --download to fetch the published files"
+            f"or set ASVAE_KIT_DATA{fetch}"
         )
     return Path(data_dir).expanduser()
 
@@ -250,7 +251,7 @@ def load_cifar10(data_dir: str | None = None, split: str = "train", limit: int |
     """CIFAR-10 from its python batches (``data_batch_1..5``, ``test_batch``) in a directory."""
     split = _check_split(split, "cifar10")
     limit = _check_limit(limit, "cifar10")
-    root = resolve_data_dir(data_dir, "cifar10")
+    root = resolve_data_dir(data_dir, "cifar10", downloadable=False)
     folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     missing = [n for n in names if not (folder / n).is_file()]

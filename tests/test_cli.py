@@ -73,3 +73,22 @@ def test_console_script_and_module_entry():
     assert out.split()[0::1][0] == "ali" and "asvae" in out
     out = subprocess.run([sys.executable, "-m", "asvae_kit", "plugins", "--json"], capture_output=True, text=True, check=True).stdout
     assert all(r["status"] == "ok" for r in json.loads(out))
+
+
+def test_data_dir_without_a_file_dataset_is_named(capsys, tmp_path):
+    assert main(["train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "add --data NAME" in capsys.readouterr().err
+
+
+def test_resume_rejects_model_changes(tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["train", "--preset", "mlp-vae", "--steps", "2", "--batch-size", "8", "--no-progress", "--out", str(run)]
+    assert main(base) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--set", "latent_dim=3", "--out", str(run)]) == 2
+    assert "keeps the run's model" in capsys.readouterr().err
+    assert main(["train", "--resume", "--set", "log_every=-5", "--out", str(run)]) == 2
+    assert "log_every" in capsys.readouterr().err
+    import asvae_kit
+
+    assert asvae_kit.load(run).config["log_every"] == 50  # nothing was written by the refused resumes

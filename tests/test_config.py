@@ -68,3 +68,14 @@ def test_non_json_values_are_refused():
 def test_parse_value():
     assert parse_value("3") == 3 and parse_value("1e-4") == 1e-4 and parse_value("true") is True
     assert parse_value("[1, 2]") == [1, 2] and parse_value("gaussian") == "gaussian"
+
+
+def test_whole_entry_overrides_apply_before_dotted_keys():
+    cfg = resolve_config("mlp-asvae", {"encoder.hidden": [64], "encoder": "mlp-implicit"})
+    assert cfg["encoder"] == {"name": "mlp-implicit", "hidden": [64]}
+
+
+@pytest.mark.parametrize("key", ["discriminator.num_heads", "encoder.latent_dim", "decoder.data_shape"])
+def test_builder_supplied_keys_cannot_be_set_per_component(key):
+    with pytest.raises(ConfigError, match="not set per component"):
+        resolve_config("mlp-asvae", {key: 1})

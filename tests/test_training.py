@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -183,3 +184,72 @@ def test_a_discriminator_with_the_wrong_head_count_is_refused(divergence, heads)
             divergence=div,
             data_shape=(1, 8, 8),
         )
+
+
+def test_resume_reproduces_an_unbroken_run(tmp_path):
+    whole = asvae_kit.build("mlp-asvae", steps=10, **SMALL)
+    whole.fit()
+    asvae_kit.build("mlp-asvae", steps=5, **SMALL).fit(run_dir=tmp_path / "run")
+    resumed = asvae_kit.load(tmp_path / "run")
+    resumed.fit(10)
+    for (name, a), b in zip(whole.state_tensors().items(), resumed.state_tensors().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 10
+
+
+def test_load_overrides_are_validated(tmp_path):
+    asvae_kit.build("mlp-asvae", steps=2, **SMALL).fit(run_dir=tmp_path / "run")
+    assert asvae_kit.load(tmp_path / "run", steps=4, log_every=1).config["steps"] == 4
+    with pytest.raises(ConfigError, match="log_every"):
+        asvae_kit.load(tmp_path / "run", log_every=-5)
+    with pytest.raises(ConfigError, match="keeps the run's model"):
+        asvae_kit.load(tmp_path / "run", latent_dim=3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks loading a GPU run on a CPU-only machine")
+def test_a_run_saved_on_a_gpu_loads_on_the_cpu(tmp_path):
+    run = tmp_path / "run"
+    asvae_kit.build("mlp-asvae", steps=1, **SMALL).fit(run_dir=run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "device": "cuda"}))
+    with pytest.warns(UserWarning, match="loading it on the CPU"):
+        trainer = asvae_kit.load(run)
+    assert trainer.device.type == "cpu" and trainer.sample(2).shape == (2, 1, 8, 8)
+
+
+def test_fit_input_errors():
+    from torch.utils.data import Dataset, IterableDataset
+
+    trainer = asvae_kit.build("mlp-vae", data=None, data_shape=[1, 8, 8], **SMALL)
+    with pytest.raises(asvae_kit.DataError, match="DataLoader or an image tensor"):
+        trainer.fit(1, data=np.random.rand(8, 1, 8, 8))
+
+    class Empty(Dataset):
+        def __len__(self):
+            return 0
+
+        def __getitem__(self, i):
+            raise IndexError(i)
+
+    with pytest.raises(asvae_kit.DataError, match="empty"):
+        trainer.fit(1, data=Empty())
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(torch.rand(20, 1, 8, 8))
+
+    trainer.fit(2, data=Stream())
+    assert trainer.step == 2
+    with pytest.raises(ConfigError, match="non-negative integer"):
+        trainer.fit(6.5, data=Stream())
+    with pytest.raises(ValueError, match=r"z must have shape \[4, 4\]"):
+        trainer.sample(4, z=torch.randn(10, 4))
+
+
+def test_a_stale_metrics_file_is_not_appended_to(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("step,old\n1,2\n")
+    asvae_kit.build("mlp-asvae", steps=2, log_every=1, **SMALL).fit(run_dir=run)
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["step"] for r in rows] == ["1", "2"] and "old" not in rows[0]
