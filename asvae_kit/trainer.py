@@ -236,6 +236,7 @@ class Trainer:
                     if ckpt_every and self.step % ckpt_every == 0:
                         self.save(self.run_dir)
         except KeyboardInterrupt:
+            bar.close()
             if self.run_dir is not None:
                 self.save(self.run_dir)
                 print(f"\ninterrupted at step {self.step}; checkpoint saved to {self.run_dir}", file=sys.stderr)
