@@ -155,16 +155,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
         trainer = build(args.preset or "resnet-asvae", **overrides)
         what = f"training {args.preset or 'resnet-asvae'}"
     total = trainer.config["steps"]
-    print(
-        f"{what} on {trainer.config['data']['name']} {tuple(trainer.data_shape)} for {total} steps "
-        f"(from step {trainer.step}) on {trainer.device}; writing {out}",
-        file=sys.stderr,
-    )
+    say = trainer.dist.is_main  # under torchrun only rank 0 reports
+    if trainer.dist.enabled:
+        what += f" on {trainer.dist.world_size} processes"
+    if say:
+        print(
+            f"{what} on {trainer.config['data']['name']} {tuple(trainer.data_shape)} for {total} steps "
+            f"(from step {trainer.step}) on {trainer.device}; writing {out}",
+            file=sys.stderr,
+        )
     trainer.fit(total, run_dir=out, progress=False if args.no_progress else None)
-    last = trainer.history[-1] if trainer.history else {}
-    summary = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("step", "time_s", "steps_per_s"))
-    print(f"done: step {trainer.step}; {summary}", file=sys.stderr)
-    print(f"samples: {out / 'samples.png'}\nreconstructions: {out / 'reconstructions.png'}\nmetrics: {out / 'metrics.csv'}")
+    if say:
+        last = trainer.history[-1] if trainer.history else {}
+        summary = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("step", "time_s", "steps_per_s"))
+        print(f"done: step {trainer.step}; {summary}", file=sys.stderr)
+        print(f"samples: {out / 'samples.png'}\nreconstructions: {out / 'reconstructions.png'}\nmetrics: {out / 'metrics.csv'}")
     return 0
 
 

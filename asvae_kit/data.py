@@ -90,6 +90,10 @@ class BatchStream:
     (whose state the trainer checkpoints); other datasets go through a shuffling ``DataLoader``;
     a user's ``DataLoader`` is cycled as given.  Every batch is checked for shape; the first one
     of a streamed source also for range and NaN.
+
+    Under data-parallel training (``world_size > 1``) every process shuffles identically and
+    takes its ``rank``-th share of each global batch of ``world_size * batch_size`` images
+    (datasets go through a ``DistributedSampler``); a user's ``DataLoader`` is used as given.
     """
 
     def __init__(
@@ -99,13 +103,18 @@ class BatchStream:
         data_shape: Sequence[int],
         device: torch.device,
         generator: torch.Generator,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
         self.data_shape = tuple(data_shape)
         self.device = device
         self.generator = generator
         self._images: torch.Tensor | None = None
         self._loader: DataLoader | None = None
+        self._sampler: Any = None  # a DistributedSampler, reshuffled per epoch
         if isinstance(source, torch.Tensor):
             self._images = check_images(source, "fit(data=...)", self.data_shape)
         elif isinstance(source, ImageDataset):
@@ -117,13 +126,20 @@ class BatchStream:
         elif isinstance(source, Dataset):
             if len(source) == 0:  # type: ignore[arg-type]
                 raise DataError("the dataset is empty")
-            self._loader = DataLoader(
-                source,
-                batch_size=batch_size,
-                shuffle=True,
-                drop_last=len(source) >= batch_size,  # type: ignore[arg-type]
-                generator=generator,
-            )
+            if world_size > 1:
+                from torch.utils.data.distributed import DistributedSampler
+
+                seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+                self._sampler = DistributedSampler(source, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+                self._loader = DataLoader(source, batch_size=batch_size, sampler=self._sampler, drop_last=len(self._sampler) >= batch_size)
+            else:
+                self._loader = DataLoader(
+                    source,
+                    batch_size=batch_size,
+                    shuffle=True,
+                    drop_last=len(source) >= batch_size,  # type: ignore[arg-type]
+                    generator=generator,
+                )
         else:
             raise DataError(
                 f"cannot train on a {type(source).__name__}; pass a Dataset, a DataLoader or an image tensor [N, C, H, W]"
@@ -134,6 +150,7 @@ class BatchStream:
         self._iter: Iterator[torch.Tensor] = iter(())
         self._perm: torch.Tensor | None = None
         self._pos = 0
+        self._epoch = 0
 
     def state_dict(self) -> dict[str, Any]:
         """Where an in-memory stream is in its current epoch (empty for loader-backed streams)."""
@@ -157,6 +174,9 @@ class BatchStream:
                 batch = next(self._iter)
                 break
             except StopIteration:
+                if self._sampler is not None:
+                    self._sampler.set_epoch(self._epoch)
+                self._epoch += 1
                 self._iter = iter(self._loader)  # type: ignore[arg-type]
         else:
             raise DataError("the data loader yields no batches")
@@ -170,12 +190,14 @@ class BatchStream:
 
     def _next_in_memory(self) -> torch.Tensor:
         n = len(self._images)  # type: ignore[arg-type]
-        b = min(self.batch_size, n)
+        b = min(self.batch_size * self.world_size, n)
         if self._perm is None or self._pos + b > n:
             self._perm = torch.randperm(n, generator=self.generator).to(self.device)
             self._pos = 0
         idx = self._perm[self._pos : self._pos + b]
         self._pos += b
+        if self.world_size > 1:
+            idx = idx[self.rank :: self.world_size]
         return self._images[idx]  # type: ignore[index]
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .data import BatchStream, check_images, first_images
+from .distributed import average_gradients, broadcast_parameters, context_from_env
 from .divergence import JointBatch, check_head_count
 from .errors import AsvaeKitError, CheckpointError, ConfigError
 from .fileio import atomic_path, atomic_write_text
@@ -71,7 +72,10 @@ class Trainer:
         dataset: Any = None,
     ) -> None:
         self.config = config
+        self.dist = context_from_env()
         self.device = resolve_device(config["device"])
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.data_shape = tuple(data_shape)
         self.latent_dim = int(config["latent_dim"])
         self.divergence = divergence
@@ -97,6 +101,9 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.run_dir: Path | None = None
         self._dataset = dataset
+        broadcast_parameters(self._modules(), self.dist)
+        if self.dist.enabled:  # replicas share weights and data order, not their noise
+            torch.manual_seed(int(config["seed"]) * 7919 + self.dist.rank)
         self.data_generator = torch.Generator().manual_seed(int(config["seed"]))
         fixed = torch.Generator().manual_seed(int(config["seed"]) + 1)
         self.fixed_z = torch.randn(GRID_SIZE, self.latent_dim, generator=fixed).to(self.device)
@@ -147,6 +154,7 @@ class Trainer:
             self._check_finite(d_loss, "discriminator loss", terms)
             self.disc_optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
             d_loss.backward()
+            average_gradients(self.discriminator.parameters(), self.dist)
             self.disc_optimizer.step()  # type: ignore[union-attr]
         return terms
 
@@ -159,6 +167,7 @@ class Trainer:
             self._check_finite(g_loss, "encoder/decoder loss", terms)
             self.gen_optimizer.zero_grad(set_to_none=True)
             g_loss.backward()
+            average_gradients((p for group in self.gen_optimizer.param_groups for p in group["params"]), self.dist)
             self.gen_optimizer.step()
         finally:
             if self.discriminator is not None:
@@ -203,12 +212,13 @@ class Trainer:
         if run_dir is not None:
             self.run_dir = Path(run_dir)
         stream = self._batch_stream(data)
+        writes = self.run_dir is not None and self.dist.is_main
         if self._recon_images is None or data is not None:
             source = self.dataset if data is None else data
             self._recon_images = check_images(first_images(source, RECON_PAIRS), "training data", self.data_shape).to(self.device)
         log_every, sample_every, ckpt_every = (self.config[k] for k in ("log_every", "sample_every", "checkpoint_every"))
-        if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if writes:
+            self.run_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
             stale = self.run_dir / METRICS_FILE
             if self.step == 0 and stale.exists():  # left by a run that died before its first checkpoint
                 stale.unlink()
@@ -217,7 +227,7 @@ class Trainer:
 
         from tqdm.auto import tqdm
 
-        show = sys.stderr.isatty() if progress is None else progress
+        show = (sys.stderr.isatty() if progress is None else progress) and self.dist.is_main
         bar = tqdm(total=total, initial=min(self.step, total), disable=not show, unit="step", dynamic_ncols=True)
         start = time.perf_counter()
         started_at = self.step
@@ -230,14 +240,14 @@ class Trainer:
                 if log_every and (self.step % log_every == 0 or self.step == total):
                     row = self._log_row(time.perf_counter() - start, self.step - started_at)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k not in ("step", "time_s", "steps_per_s")}, refresh=False)
-                if self.run_dir is not None:
+                if writes:
                     if sample_every and self.step % sample_every == 0:
                         self.save_grids(self.run_dir)
                     if ckpt_every and self.step % ckpt_every == 0:
                         self.save(self.run_dir)
         except KeyboardInterrupt:
             bar.close()
-            if self.run_dir is not None:
+            if writes:
                 self.save(self.run_dir)
                 print(f"\ninterrupted at step {self.step}; checkpoint saved to {self.run_dir}", file=sys.stderr)
             raise
@@ -245,18 +255,19 @@ class Trainer:
             bar.close()
         if self._pending:
             self._log_row(time.perf_counter() - start, self.step - started_at)
-        if self.run_dir is not None:
-            self.save_grids(self.run_dir)
+        if writes:
+            self.save_grids(self.run_dir)  # type: ignore[arg-type]
             self.save(self.run_dir)
         return self
 
     def _batch_stream(self, data: Any) -> BatchStream:
         """Batches of ``data``, or of the configured dataset (one stream kept across ``fit`` calls,
         its shuffling position checkpointed, so a resumed run sees the batches an unbroken one would)."""
+        shard = {"rank": self.dist.rank, "world_size": self.dist.world_size}
         if data is not None:
-            return BatchStream(data, self.config["batch_size"], self.data_shape, self.device, self.data_generator)
+            return BatchStream(data, self.config["batch_size"], self.data_shape, self.device, self.data_generator, **shard)
         if self._stream is None:
-            self._stream = BatchStream(self.dataset, self.config["batch_size"], self.data_shape, self.device, self.data_generator)
+            self._stream = BatchStream(self.dataset, self.config["batch_size"], self.data_shape, self.device, self.data_generator, **shard)
             if self._stream_state is not None:
                 self._stream.load_state_dict(self._stream_state)
                 self._stream_state = None
@@ -270,7 +281,7 @@ class Trainer:
         row["steps_per_s"] = round(steps_done / elapsed, 3) if elapsed > 0 else float("nan")
         self._pending = {}
         self.history.append(row)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.dist.is_main:
             self._append_csv(row)
         return row
 
@@ -380,6 +391,8 @@ class Trainer:
         if run_dir is None and self.run_dir is None:
             raise ValueError("save() needs a run directory the first time: trainer.save('runs/my-run')")
         self.run_dir = Path(run_dir) if run_dir is not None else self.run_dir
+        if not self.dist.is_main:  # only rank 0 writes; the replicas are identical
+            return self.run_dir  # type: ignore[return-value]
         self.run_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
         self._write_config()
         with atomic_path(self.run_dir / MODEL_FILE) as tmp:  # type: ignore[operator]
@@ -438,6 +451,8 @@ class Trainer:
             if "data" in rng:
                 self.data_generator.set_state(rng["data"])
             self._stream, self._stream_state = None, state.get("data_stream")
+            if self.dist.enabled:  # the checkpoint holds rank 0's noise state; give each replica its own
+                torch.manual_seed((int(self.config["seed"]) * 7919 + self.dist.rank) * 1_000_003 + self.step)
             self.history = list(state.get("history", []))
         self.run_dir = run_dir
 
