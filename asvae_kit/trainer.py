@@ -110,7 +110,7 @@ class Trainer:
         self._recon_images: torch.Tensor | None = None
         self._stream: BatchStream | None = None  # over the configured dataset, kept across fit() calls
         self._stream_state: dict[str, Any] | None = None  # from a checkpoint, applied to the next stream
-        self._pending: dict[str, list[float]] = {}
+        self._pending: dict[str, list[torch.Tensor]] = {}
         self._csv_columns: list[str] | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ class Trainer:
             while self.step < total:
                 terms = self.train_step(next(stream))
                 for k, v in terms.items():
-                    self._pending.setdefault(k, []).append(float(v))
+                    self._pending.setdefault(k, []).append(v)  # tensors: no device sync until a row is logged
                 bar.update(1)
                 if log_every and (self.step % log_every == 0 or self.step == total):
                     row = self._log_row(time.perf_counter() - start, self.step - started_at)
@@ -276,7 +276,7 @@ class Trainer:
     def _log_row(self, elapsed: float, steps_done: int) -> dict[str, float]:
         """Average the terms gathered since the last row into one history/metrics.csv row."""
         row: dict[str, float] = {"step": self.step}
-        row.update({k: sum(v) / len(v) for k, v in sorted(self._pending.items())})
+        row.update({k: torch.stack(v).double().mean().item() for k, v in sorted(self._pending.items())})
         row["time_s"] = round(elapsed, 3)
         row["steps_per_s"] = round(steps_done / elapsed, 3) if elapsed > 0 else float("nan")
         self._pending = {}
