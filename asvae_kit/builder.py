@@ -15,7 +15,10 @@ from .errors import CheckpointError, ConfigError
 from .registry import build_entry
 from .trainer import CONFIG_FILE, Trainer
 
-__all__ = ["build", "build_from_config", "load", "LOAD_OVERRIDES"]
+__all__ = ["build", "build_from_config", "load", "LOAD_OVERRIDES", "DEFAULT_PRESET"]
+
+#: The preset ``build()`` and ``asvae-kit train`` use when none is named.
+DEFAULT_PRESET = "resnet-asvae"
 
 
 def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer:
@@ -54,7 +57,7 @@ def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer
     )
 
 
-def build(preset: str | Mapping[str, Any] = "resnet-asvae", /, **overrides: Any) -> Trainer:
+def build(preset: str | Mapping[str, Any] = DEFAULT_PRESET, /, **overrides: Any) -> Trainer:
     """A ready-to-train ``Trainer`` from a preset (name or config mapping) and config overrides.
 
     Overrides are config keys; dotted keys reach inside entries (``**{"encoder.width": 64}``), a

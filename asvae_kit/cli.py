@@ -115,7 +115,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .builder import build, load
+    from .builder import DEFAULT_PRESET, build, load
 
     out = Path(args.out)
     overrides: dict[str, Any] = {}
@@ -152,8 +152,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         what = f"resuming {out}"
     else:
         _check_data_dir_applies(args)
-        trainer = build(args.preset or "resnet-asvae", **overrides)
-        what = f"training {args.preset or 'resnet-asvae'}"
+        preset = args.preset or DEFAULT_PRESET
+        trainer = build(preset, **overrides)
+        what = f"training {preset}"
     total = trainer.config["steps"]
     say = trainer.dist.is_main  # under torchrun only rank 0 reports
     if trainer.dist.enabled:
@@ -177,10 +178,11 @@ def _check_data_dir_applies(args: argparse.Namespace) -> None:
     """--data-dir on a dataset that reads no files (the default digits) is a mistake worth naming."""
     if not args.data_dir:
         return
+    from .builder import DEFAULT_PRESET
     from .config import resolve_config
     from .registry import factory_config_defaults, get_registry
 
-    name = args.data or resolve_config(args.preset or "resnet-asvae")["data"]["name"]
+    name = args.data or resolve_config(args.preset or DEFAULT_PRESET)["data"]["name"]
     defaults, accepts_any = factory_config_defaults(get_registry().get("dataset", name).factory)
     if "data_dir" not in defaults and not accepts_any:
         raise CommandError(
@@ -326,8 +328,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except SystemExit:
-        raise
     except Exception as exc:
         if debug:
             raise

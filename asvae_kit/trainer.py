@@ -102,8 +102,7 @@ class Trainer:
         self.run_dir: Path | None = None
         self._dataset = dataset
         broadcast_parameters(self._modules(), self.dist)
-        if self.dist.enabled:  # replicas share weights and data order, not their noise
-            torch.manual_seed(int(config["seed"]) * 7919 + self.dist.rank)
+        self._seed_replica_noise()
         self.data_generator = torch.Generator().manual_seed(int(config["seed"]))
         fixed = torch.Generator().manual_seed(int(config["seed"]) + 1)
         self.fixed_z = torch.randn(GRID_SIZE, self.latent_dim, generator=fixed).to(self.device)
@@ -260,14 +259,25 @@ class Trainer:
             self.save(self.run_dir)
         return self
 
+    def _seed_replica_noise(self) -> None:
+        """Under data parallelism, give each replica its own noise stream (they share weights and
+        data order); a function of (seed, rank, step), so a resumed run reseeds consistently."""
+        if self.dist.enabled:
+            torch.manual_seed((int(self.config["seed"]) * 7919 + self.dist.rank) * 1_000_003 + self.step)
+
     def _batch_stream(self, data: Any) -> BatchStream:
         """Batches of ``data``, or of the configured dataset (one stream kept across ``fit`` calls,
         its shuffling position checkpointed, so a resumed run sees the batches an unbroken one would)."""
-        shard = {"rank": self.dist.rank, "world_size": self.dist.world_size}
+        def stream_of(source: Any) -> BatchStream:
+            return BatchStream(
+                source, self.config["batch_size"], self.data_shape, self.device, self.data_generator,
+                rank=self.dist.rank, world_size=self.dist.world_size,
+            )
+
         if data is not None:
-            return BatchStream(data, self.config["batch_size"], self.data_shape, self.device, self.data_generator, **shard)
+            return stream_of(data)
         if self._stream is None:
-            self._stream = BatchStream(self.dataset, self.config["batch_size"], self.data_shape, self.device, self.data_generator, **shard)
+            self._stream = stream_of(self.dataset)
             if self._stream_state is not None:
                 self._stream.load_state_dict(self._stream_state)
                 self._stream_state = None
@@ -451,8 +461,7 @@ class Trainer:
             if "data" in rng:
                 self.data_generator.set_state(rng["data"])
             self._stream, self._stream_state = None, state.get("data_stream")
-            if self.dist.enabled:  # the checkpoint holds rank 0's noise state; give each replica its own
-                torch.manual_seed((int(self.config["seed"]) * 7919 + self.dist.rank) * 1_000_003 + self.step)
+            self._seed_replica_noise()  # the checkpoint holds rank 0's noise state
             self.history = list(state.get("history", []))
         self.run_dir = run_dir
 

@@ -26,6 +26,13 @@ class _JointDiscriminator(nn.Module):
 
     name = "joint"
 
+    def _check_shapes(self, data_shape: Sequence[int], latent_dim: int, hidden: Sequence[int]) -> list[int]:
+        """Validate and store ``data_shape``/``latent_dim``; return the checked ``hidden`` widths."""
+        component = f"discriminator {self.name!r}"
+        self.data_shape = check_data_shape(data_shape, component)
+        self.latent_dim = check_latent_dim(latent_dim, component)
+        return check_hidden(hidden, component)
+
     def _init_joint(self, x_branch: nn.Module, x_features: int, latent_dim: int, hidden: list[int], num_heads: int, dropout: float) -> None:
         self.x_branch = x_branch
         self.z_branch = mlp([latent_dim, hidden[0]], final_activation=True)
@@ -58,9 +65,7 @@ class JointMLPDiscriminator(_JointDiscriminator):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.data_shape = check_data_shape(data_shape, f"discriminator {self.name!r}")
-        self.latent_dim = check_latent_dim(latent_dim, f"discriminator {self.name!r}")
-        hidden = check_hidden(hidden, f"discriminator {self.name!r}")
+        hidden = self._check_shapes(data_shape, latent_dim, hidden)
         c, h, w = self.data_shape
         x_branch = nn.Sequential(nn.Flatten(), mlp([c * h * w, hidden[0]], final_activation=True))
         self._init_joint(x_branch, hidden[0], latent_dim, hidden, num_heads, dropout)
@@ -82,10 +87,8 @@ class JointResNetDiscriminator(_JointDiscriminator):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.data_shape = check_data_shape(data_shape, f"discriminator {self.name!r}")
-        self.latent_dim = check_latent_dim(latent_dim, f"discriminator {self.name!r}")
+        hidden = self._check_shapes(data_shape, latent_dim, hidden)
         width = check_positive_int(width, "width", f"discriminator {self.name!r}")
-        hidden = check_hidden(hidden, f"discriminator {self.name!r}")
         c, size, _ = self.data_shape
         x_branch = ConvDownStack(c, size, width)
         self._init_joint(x_branch, x_branch.out_features, latent_dim, hidden, num_heads, dropout)
