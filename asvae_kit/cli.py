@@ -82,19 +82,26 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="run directory to write")
 
-    p = sub.add_parser("sample", help="write a grid of samples from a trained run")
+    p = sub.add_parser("sample", help="write a grid of samples (or interpolations, or reconstructions) from a trained run")
     p.add_argument("run_dir")
-    p.add_argument("-n", type=_positive, default=64, help="number of samples (default 64)")
+    p.add_argument("-n", type=_positive, help="samples (default 64), interpolation rows (default 8) or images to reconstruct (default 32)")
     p.add_argument("-o", "--output", required=True, help="PNG file to write")
     p.add_argument("--seed", type=int, default=0)
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--interpolate", action="store_true", help="rows of decoded spherical paths between two prior draws")
+    what.add_argument("--reconstruct", action="store_true", help="held-out images (odd rows) above their reconstructions (even rows)")
+    p.add_argument("--steps", type=_int_at_least(2), default=10, help="images per interpolation row (default 10)")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="where --reconstruct takes its images (default test: never trained on)")
+    p.add_argument("--data-dir", help="directory holding the dataset's files (for --reconstruct)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the run's, or cpu if it is missing)")
 
-    p = sub.add_parser("evaluate", help="compute metrics of a trained run")
+    p = sub.add_parser("evaluate", help="compute metrics of a trained run on held-out data")
     p.add_argument("run_dir")
-    p.add_argument("--metrics", help="comma-separated metric names (default: the run's config)")
+    p.add_argument("--metrics", help="comma-separated metrics, options after colons: 'recon,nll:k=100,fd' (default: the run's config)")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="test (default: the test split or the held-out slice) or train")
     p.add_argument("--data-dir", help="directory holding the dataset's files")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the run's, or cpu if it is missing)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print {split, source, n_images, metrics, notes} as JSON")
 
     p = sub.add_parser("list", help="list registered components")
     p.add_argument("kind", nargs="?", type=_kind, help="encoder, decoder, discriminator, divergence, preset, dataset or metric (plural accepted)")
@@ -195,30 +202,49 @@ def _device_override(args: argparse.Namespace) -> dict[str, Any]:
     return {"device": args.device} if args.device else {}
 
 
-def _cmd_sample(args: argparse.Namespace) -> int:
+def _load_for_inference(args: argparse.Namespace):
     from .builder import load
-    from .images import save_image_grid
 
-    trainer = load(args.run_dir, **_device_override(args))
-    save_image_grid(trainer.sample(args.n, seed=args.seed), args.output)
+    overrides = _device_override(args)
+    if getattr(args, "data_dir", None):
+        overrides["data.data_dir"] = args.data_dir
+    return load(args.run_dir, **overrides)
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .images import interleave_rows, save_image_grid
+    from .splits import images_and_labels
+
+    trainer = _load_for_inference(args)
+    if args.interpolate:
+        save_image_grid(trainer.interpolate(args.n or 8, args.steps, seed=args.seed), args.output, nrow=args.steps)
+    elif args.reconstruct:
+        chosen = trainer.split_data(args.split)
+        images, _ = images_and_labels(chosen.dataset, args.n or 32)
+        print(f"reconstructing {len(images)} images of {chosen.source}", file=sys.stderr)
+        save_image_grid(interleave_rows(images, trainer.reconstruct(images).cpu()), args.output, nrow=8)
+    else:
+        save_image_grid(trainer.sample(args.n or 64, seed=args.seed), args.output)
     print(args.output)
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .builder import load
+    from .evaluation import parse_metric
 
-    overrides = _device_override(args)
-    if args.data_dir:
-        overrides["data.data_dir"] = args.data_dir
-    trainer = load(args.run_dir, **overrides)
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-    results = trainer.evaluate(metrics)
+    trainer = _load_for_inference(args)
+    metrics = [parse_metric(m) for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    if not args.json:
+        print(f"evaluating {args.run_dir} (step {trainer.step}) on the {args.split} split ...", file=sys.stderr)
+    results = trainer.evaluate(metrics, split=args.split)
     if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for k, v in results.items():
-            print(f"{k:24s} {v:.6g}")
+        print(json.dumps(results.as_dict(), indent=2))
+        return 0
+    print(f"split: {results.split}: {results.source}; {results.n_images} images evaluated")
+    for k, v in results.items():
+        print(f"{k:24s} {v:.6g}")
+    for name, why in results.notes.items():
+        print(f"{name:24s} n/a: {why}")
     return 0
 
 

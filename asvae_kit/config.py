@@ -49,8 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "sample_every": 500,
     "checkpoint_every": 1000,
     "device": "auto",
-    "metrics": ["reconstruction-mse", "elbo-bound", "objective"],
-    "eval_size": 512,
+    "metrics": ["recon", "nll", "fd", "skl", "probe"],
+    "eval_size": 1000,
+    "holdout": 0.1,
 }
 
 
@@ -147,8 +148,14 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if config["data"].get("name") is None and config["data_shape"] is None:
         raise ConfigError("config has no data (data=None) and no data_shape; give one of them so the networks know the image shape")
     metrics = config["metrics"]
-    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
-        raise ConfigError(f"config 'metrics' must be a list of metric names, got {metrics!r}")
+    if not isinstance(metrics, list) or not all(isinstance(m, (str, dict)) for m in metrics):
+        raise ConfigError(f"config 'metrics' must be a list of metric names (or {{'name': ..., **options}}), got {metrics!r}")
+    holdout = config["holdout"]
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
+        raise ConfigError(
+            f"config 'holdout' is the fraction of a data set without a test split kept out of training for "
+            f"evaluation, a number in [0, 1); got {holdout!r}"
+        )
 
     optim = config["optim"]
     if not isinstance(optim, dict):
@@ -179,8 +186,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         component = registry.get(kind, entry["name"])
         entry["name"] = component.name  # aliases resolve to the registered name
         check_config_keys(component, {k: v for k, v in entry.items() if k != "name"}, allow_context=False)
-    for name in metrics:
-        registry.get("metric", name)
+    from .evaluation import parse_metric
+
+    for spec in metrics:
+        registry.get("metric", parse_metric(spec)["name"])
     try:
         json.dumps(config, allow_nan=False)
     except (TypeError, ValueError) as exc:

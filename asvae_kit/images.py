@@ -10,7 +10,7 @@ import torch
 
 from .fileio import atomic_path
 
-__all__ = ["make_grid", "save_image_grid"]
+__all__ = ["make_grid", "save_image_grid", "interleave_rows", "slerp"]
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
@@ -48,3 +48,30 @@ def save_image_grid(
         im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
     with atomic_path(path) as tmp:
         im.save(tmp, format="PNG")
+
+
+def interleave_rows(originals: torch.Tensor, reconstructions: torch.Tensor, per_row: int = 8) -> torch.Tensor:
+    """Rows that alternate ``per_row`` originals and their ``per_row`` reconstructions, for a grid
+    with ``nrow=per_row`` (a short last group is padded with blank cells)."""
+    if originals.shape != reconstructions.shape:
+        raise ValueError(f"originals {list(originals.shape)} and reconstructions {list(reconstructions.shape)} differ in shape")
+    rows = []
+    for a, b in zip(originals.split(per_row), reconstructions.split(per_row)):
+        pad = per_row - len(a)
+        if pad:
+            blank = torch.ones(pad, *a.shape[1:], dtype=a.dtype, device=a.device)
+            a, b = torch.cat([a, blank]), torch.cat([b, blank])
+        rows += [a, b]
+    return torch.cat(rows)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
+    """Spherical interpolation from each row of ``a`` [R, D] to the same row of ``b``, ``steps``
+    points each (ends included): ``[R * steps, D]``, row-major.  Gaussian codes keep their norm
+    along the path, so every point looks like a draw from the prior (linear paths pass near 0)."""
+    t = torch.linspace(0, 1, steps, dtype=a.dtype, device=a.device).view(1, steps, 1)
+    a_n, b_n = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    omega = torch.acos((a_n * b_n).sum(1).clamp(-1 + 1e-7, 1 - 1e-7)).view(-1, 1, 1)
+    so = torch.sin(omega)
+    out = (torch.sin((1 - t) * omega) / so) * a.unsqueeze(1) + (torch.sin(t * omega) / so) * b.unsqueeze(1)
+    return out.reshape(-1, a.shape[1])

@@ -180,7 +180,9 @@ class Registry:
         if entry.kind == "preset":
             info["config"] = entry.factory()
         elif entry.kind == "metric":
-            info["config"] = {}
+            from .evaluation import metric_options
+
+            info["config"], info["accepts_extra_config"] = metric_options(entry.factory)
         return info
 
     def build(self, kind: str, name: str, **config: Any) -> Any:

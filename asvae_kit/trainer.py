@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 from torch import nn
@@ -26,7 +26,11 @@ from .distributed import average_gradients, broadcast_parameters, context_from_e
 from .divergence import JointBatch, check_head_count
 from .errors import AsvaeKitError, CheckpointError, ConfigError
 from .fileio import atomic_path, atomic_write_text
-from .images import save_image_grid
+from .images import interleave_rows, save_image_grid, slerp
+from .splits import DataSplit
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .evaluation import Evaluation
 
 __all__ = ["Trainer", "TrainingDivergedError", "CONFIG_FILE", "MODEL_FILE", "STATE_FILE", "METRICS_FILE"]
 
@@ -100,7 +104,8 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.run_dir: Path | None = None
-        self._dataset = dataset
+        self._full_dataset = dataset  # as built from config['data']; training sees only split_data('train')
+        self._splits: dict[str, DataSplit] = {}
         broadcast_parameters(self._modules(), self.dist)
         self._seed_replica_noise()
         self.data_generator = torch.Generator().manual_seed(int(config["seed"]))
@@ -117,21 +122,24 @@ class Trainer:
 
     @property
     def dataset(self) -> Any:
-        """The configured dataset, built on first use (``load`` does not read data until needed)."""
-        if self._dataset is None:
+        """The configured data set's training portion (its training split, or all of it less the
+        held-out slice that evaluation uses; see ``asvae_kit.splits``), built on first use."""
+        return self.split_data("train").dataset
+
+    def split_data(self, split: str = "train") -> "DataSplit":
+        """The ``"train"`` or ``"test"`` split of the configured data, with a sentence saying what it is."""
+        from .splits import split_dataset
+
+        if split not in self._splits:
             entry = self.config["data"]
             if entry.get("name") is None:
                 raise ConfigError("this trainer has no configured data (data=None); pass data to fit() or evaluate()")
-            from .registry import build_entry
+            if self._full_dataset is None:
+                from .registry import build_entry
 
-            self._dataset = build_entry("dataset", entry)
-        return self._dataset
-
-    def _eval_images(self, data: Any = None) -> torch.Tensor:
-        source = self.dataset if data is None else data
-        n = self.config["eval_size"] or 512
-        images = check_images(first_images(source, n), "evaluation data", self.data_shape)
-        return images.to(self.device)
+                self._full_dataset = build_entry("dataset", entry)
+            self._splits[split] = split_dataset(self._full_dataset, entry, self.config["holdout"], split)
+        return self._splits[split]
 
     # ------------------------------------------------------------------------------------------
     # one step
@@ -311,7 +319,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     # inference
 
-    def _eval(self) -> None:
+    def eval_mode(self) -> None:
+        """Put every network in eval mode (``fit`` switches them back to train mode each step)."""
         for m in self._modules():
             m.eval()
 
@@ -320,13 +329,23 @@ class Trainer:
         """``n`` images ``[n, C, H, W]`` (the decoder's mean at z ~ p(z)); ``seed`` makes them repeatable."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"sample(n): n must be a positive integer, got {n!r}")
-        self._eval()
+        self.eval_mode()
         if z is None:
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
             z = torch.randn(n, self.latent_dim, generator=generator)
         elif tuple(z.shape) != (n, self.latent_dim):
             raise ValueError(f"sample(n={n}, z=...): z must have shape [{n}, {self.latent_dim}], got {list(z.shape)}")
-        return self.decoder(z.to(self.device)).mean
+        return torch.cat([self.decoder(chunk.to(self.device)).mean for chunk in z.split(512)])
+
+    @torch.no_grad()
+    def interpolate(self, rows: int = 8, steps: int = 10, *, seed: int | None = None) -> torch.Tensor:
+        """``rows * steps`` images: each row decodes a spherical path between two prior draws."""
+        for key, value in (("rows", rows), ("steps", steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "rows" else 2):
+                raise ValueError(f"interpolate({key}=...): expected an integer >= {1 if key == 'rows' else 2}, got {value!r}")
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        ends = torch.randn(2, rows, self.latent_dim, generator=generator)
+        return self.sample(rows * steps, z=slerp(ends[0], ends[1], steps))
 
     def _as_input(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
@@ -340,28 +359,24 @@ class Trainer:
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The posterior mean E[z|x], ``[B, latent_dim]``."""
-        self._eval()
+        self.eval_mode()
         return self.encoder(self._as_input(x)).mean
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """decoder(encode(x)).mean, ``[B, C, H, W]``."""
-        self._eval()
+        self.eval_mode()
         return self.decoder(self.encoder(self._as_input(x)).mean).mean
 
-    @torch.no_grad()
-    def evaluate(self, metrics: Iterable[str] | None = None, data: Any = None) -> dict[str, float]:
-        """Run the named metrics (default ``config['metrics']``) on up to ``eval_size`` images."""
-        from .registry import get_registry
+    def evaluate(self, metrics: Iterable[Any] | None = None, split: str = "test", data: Any = None) -> "Evaluation":
+        """Run the named metrics (default ``config['metrics']``) on up to ``eval_size`` images of
+        ``split``: ``"test"`` (the data set's test split, or the held-out slice training never
+        sees) or ``"train"``; or on ``data`` when given.  Returns an ``Evaluation``: a dict of
+        values with ``.split``, ``.source``, ``.n_images`` and ``.notes`` (metrics that did not
+        apply, and why).  A metric is a name (``"fd"``), ``"nll:k=100"`` or ``{"name": ..., **options}``."""
+        from .evaluation import evaluate
 
-        names = list(self.config["metrics"] if metrics is None else ([metrics] if isinstance(metrics, str) else metrics))
-        fns = [get_registry().get("metric", name).factory for name in names]
-        images = self._eval_images(data)
-        self._eval()
-        results: dict[str, float] = {}
-        for fn in fns:
-            results.update({k: float(v) for k, v in fn(self, images).items()})
-        return results
+        return evaluate(self, metrics, split, data)
 
     # ------------------------------------------------------------------------------------------
     # persistence
@@ -374,9 +389,7 @@ class Trainer:
         save_image_grid(samples, run_dir / "samples.png")
         if self._recon_images is not None:
             x = self._recon_images[:RECON_PAIRS]
-            recon = self.reconstruct(x)
-            # rows alternate: 8 originals, then their 8 reconstructions
-            pairs = torch.cat([torch.stack([a, b]) for a, b in zip(x.split(8), recon.split(8))], dim=0).flatten(0, 1)
+            pairs = interleave_rows(x, self.reconstruct(x))  # 8 originals, then their 8 reconstructions
             save_image_grid(pairs, run_dir / "images" / f"reconstructions_{self.step:07d}.png", nrow=8)
             save_image_grid(pairs, run_dir / "reconstructions.png", nrow=8)
 

@@ -26,6 +26,13 @@ def mlp(sizes: Sequence[int], *, final_activation: bool = False, slope: float = 
     return nn.Sequential(*layers)
 
 
+def check_fraction(value: object, key: str, component: str) -> float:
+    """A number in [0, 1) (dropout rates, noise levels); ``ConfigError`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"{component}: {key} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
 def check_input(t: torch.Tensor, expected: Sequence[int], what: str, component: str) -> None:
     """Raise ``UnsupportedShapeError`` unless ``t`` is ``[B, *expected]``."""
     if t.dim() != len(expected) + 1 or tuple(t.shape[1:]) != tuple(expected):

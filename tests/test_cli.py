@@ -55,7 +55,8 @@ def test_train_sample_evaluate_resume(tmp_path, capsys):
     assert Image.open(tmp_path / "s.png").size[0] > 3 * 8
     assert main(["evaluate", str(run), "--json", "--metrics", "reconstruction-mse"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"recon_mse", "mean_image_mse"}
+    assert set(result["metrics"]) == {"recon_mse", "mean_image_mse"}
+    assert result["split"] == "test" and "held-out" in result["source"] and result["notes"] == {}
     import asvae_kit
 
     assert asvae_kit.load(run).step == 6
@@ -92,3 +93,50 @@ def test_resume_rejects_model_changes(tmp_path, capsys):
     import asvae_kit
 
     assert asvae_kit.load(run).config["log_every"] == 50  # nothing was written by the refused resumes
+
+
+def test_evaluate_reports_the_five_metrics_on_the_test_split(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "mlp-asvae", "--steps", "3", "--batch-size", "8", "--set", "encoder.hidden=[16]",
+                 "--set", "latent_dim=3", "--set", "eval_size=64", "--no-progress", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json", "--metrics", "recon,nll:k=4:n=8,fd,skl,probe"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert {"recon_mse", "recon_bce", "nll", "fd", "fd_train", "skl", "probe_acc"} <= set(result["metrics"])
+    assert result["n_images"] == 64 and result["metrics"]["nll_k"] == 4
+    assert "training the project classifier" in captured.err  # the first fd trains (then caches) it
+    assert main(["evaluate", str(run), "--metrics", "recon", "--split", "train"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("split: train:") and "recon_mse" in out
+
+
+def test_evaluate_explains_a_metric_that_does_not_apply(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "mlp-vae", "--steps", "2", "--batch-size", "8", "--set", "encoder.hidden=[16]",
+                 "--set", "metrics=[\"recon\", \"skl\"]", "--no-progress", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0  # the run's own metric list: skl becomes a note
+    out = capsys.readouterr().out
+    assert "recon_mse" in out and "skl" in out and "n/a: divergence 'elbo' has no symmetric-KL estimate" in out
+    assert main(["evaluate", str(run), "--metrics", "skl"]) == 2  # asked for by name: an error
+    assert "symmetric-KL" in capsys.readouterr().err
+
+
+def test_sample_interpolate_and_reconstruct(tmp_path, capsys):
+    from PIL import Image
+
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "mlp-vae", "--steps", "2", "--batch-size", "8", "--set", "encoder.hidden=[16]",
+                 "--no-progress", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(run), "--interpolate", "-n", "3", "--steps", "5", "-o", str(tmp_path / "i.png")]) == 0
+    width, height = Image.open(tmp_path / "i.png").size
+    assert width > height and round(width / height) == 2  # 3 rows of 5 cells (plus padding)
+    assert main(["sample", str(run), "--reconstruct", "-n", "12", "-o", str(tmp_path / "r.png")]) == 0
+    assert "held-out" in capsys.readouterr().err
+    width, height = Image.open(tmp_path / "r.png").size
+    assert width / height == pytest.approx(2.0, rel=0.1)  # 8 columns, 4 rows: 8 + 4 padded, each above its reconstruction
+    with pytest.raises(SystemExit) as exited:  # argparse refuses the pair
+        main(["sample", str(run), "--interpolate", "--reconstruct", "-o", str(tmp_path / "x.png")])
+    assert exited.value.code == 2

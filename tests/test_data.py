@@ -15,9 +15,8 @@ import torch
 import asvae_kit
 from asvae_kit.errors import ConfigError, DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_fashion = pytest.mark.skipif(not (SHARED / "fashion-mnist").is_dir(), reason="../shared/data/fashion-mnist not present")
-needs_mnist = pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="../shared/data/mnist not present")
+from shared_data import SHARED_DATA as SHARED
+from shared_data import needs_fashion, needs_mnist
 
 
 def test_digits_is_offline_and_in_range():

@@ -15,7 +15,8 @@ import asvae_kit
 from asvae_kit.errors import ConfigError
 from asvae_kit.trainer import TrainingDivergedError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from shared_data import SHARED_DATA as SHARED
+from shared_data import needs_fashion
 SMALL = {"encoder.hidden": [32], "decoder.hidden": [32], "discriminator.hidden": [32, 16], "latent_dim": 4, "batch_size": 16}
 
 
@@ -151,7 +152,7 @@ def test_bernoulli_with_sampled_x_explains_itself():
         trainer.fit(1)
 
 
-@pytest.mark.skipif(not (SHARED / "fashion-mnist" / "train-images-idx3-ubyte.gz").exists(), reason="../shared/data/fashion-mnist not present")
+@needs_fashion
 def test_resnet_asvae_runs_on_real_fashion_mnist(tmp_path):
     trainer = asvae_kit.build(
         "resnet-asvae",

@@ -1,0 +1,117 @@
+"""Training and held-out splits of the configured data: evaluation never sees training images.
+
+A data set whose factory takes ``split`` and is configured with ``split="train"`` (``mnist``,
+``fashion-mnist``, ``cifar10``) trains on its training split and is evaluated on its own test
+split.  Every other data set (``digits``, ``image-folder``, ``tensor``, or a test split used for
+training) is divided once: a fixed, seed-independent ``holdout`` fraction of it is set aside,
+training never draws from it, and evaluation uses only it.  The held-out slice depends only on
+the data set's size, so every run on the same data is scored on the same images.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from .data import ImageDataset, _images_of
+from .errors import ConfigError, DataError
+
+__all__ = ["SPLITS", "HOLDOUT_SEED", "DataSplit", "has_test_split", "holdout_indices", "split_dataset", "images_and_labels"]
+
+SPLITS = ("train", "test")
+
+#: The held-out slice is a function of the data set's size alone (not of the run's seed).
+HOLDOUT_SEED = 2017
+
+
+@dataclass
+class DataSplit:
+    """One split of the configured data and a sentence saying what it is."""
+
+    dataset: Any
+    split: str
+    source: str
+
+
+def has_test_split(entry: dict[str, Any]) -> bool:
+    """True when the data set entry can be rebuilt with ``split="test"`` and trains on ``"train"``."""
+    from .registry import get_registry
+
+    factory = get_registry().get("dataset", entry["name"]).factory
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return "split" in params and entry.get("split", params["split"].default) == "train"
+
+
+def holdout_indices(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train, held_out)`` index tensors for ``n`` items, holding out ``fraction`` of them
+    (at least one when ``fraction > 0`` and ``n >= 2``; training always keeps one)."""
+    if not fraction or n < 2:
+        return torch.arange(n), torch.arange(0)
+    n_hold = min(n - 1, max(1, math.ceil(n * fraction)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+    return perm[n_hold:].sort().values, perm[:n_hold].sort().values
+
+
+def _subset(dataset: Any, indices: torch.Tensor, suffix: str) -> Any:
+    if isinstance(dataset, ImageDataset):
+        labels = dataset.labels[indices] if dataset.labels is not None else None
+        return ImageDataset(dataset.images[indices], labels, name=f"{dataset.name}[{suffix}]")
+    if isinstance(dataset, Dataset) and hasattr(dataset, "__len__"):
+        return Subset(dataset, indices.tolist())
+    raise DataError(f"cannot hold out evaluation images from a {type(dataset).__name__}; it needs __len__ and indexing")
+
+
+def split_dataset(full: Any, entry: dict[str, Any], holdout: float, split: str) -> DataSplit:
+    """The ``split`` (``"train"`` or ``"test"``) of the data set ``full`` built from ``entry``."""
+    from .registry import build_entry
+
+    if split not in SPLITS:
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+    name = entry["name"]
+    if has_test_split(entry):
+        if split == "train":
+            return DataSplit(full, "train", f"the training split of {name} ({len(full)} images)")
+        test = build_entry("dataset", {**entry, "split": "test"})
+        return DataSplit(test, "test", f"the test split of {name} ({len(test)} images, never trained on)")
+    n = len(full)
+    train_idx, held_idx = holdout_indices(n, holdout)
+    where = f"split {entry['split']!r} of {name}" if "split" in entry else name
+    if split == "train":
+        if len(held_idx) == 0:
+            return DataSplit(full, "train", f"all of {where} ({n} images; nothing held out)")
+        return DataSplit(_subset(full, train_idx, "train"), "train", f"{where} less its held-out slice ({len(train_idx)} of {n} images)")
+    if len(held_idx) == 0:
+        why = "holdout is 0" if not holdout else f"it has only {n} image(s)"
+        raise DataError(
+            f"{name} has no test split and no held-out images ({why}); evaluate with split='train' "
+            "(--split train), or train with holdout > 0 (--set holdout=0.1)"
+        )
+    return DataSplit(
+        _subset(full, held_idx, "held-out"), "test",
+        f"a held-out {len(held_idx) / n:.0%} slice of {where} ({len(held_idx)} of {n} images, never trained on; {name} has no test split)",
+    )
+
+
+def images_and_labels(dataset: Any, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first ``n`` images (all when ``None``) of a data set, with their labels when it has any."""
+    if isinstance(dataset, torch.Tensor):
+        return dataset[:n].float(), None
+    if isinstance(dataset, ImageDataset):
+        labels = dataset.labels[:n] if dataset.labels is not None else None
+        return dataset.images[:n], labels
+    count = len(dataset) if n is None else min(n, len(dataset))
+    if count == 0:
+        raise DataError("the data set is empty")
+    items = [dataset[i] for i in range(count)]
+    images = torch.stack([_images_of(item) for item in items]).float()
+    labelled = all(isinstance(item, (tuple, list)) and len(item) > 1 for item in items)
+    labels = torch.as_tensor([int(item[1]) for item in items]) if labelled else None
+    return images, labels
