@@ -295,6 +295,8 @@ GENERATOR_CASES = {
         lambda c: -(2.0 * c["l_x"] + 0.5 * c["l_z"]),
         ("l_x", "l_z", "skl"),
     ),
+    # the analytic KL in place of mean_q g: the same objective and gradient, without g's noise
+    "asvae-analytic-kl": ({"name": "asvae", "analytic_kl": True}, lambda c: -(c["l_x"] + c["l_z"]), ("l_x", "l_z", "skl")),
     "avb": ({"name": "avb"}, lambda c: -c["l_x"], ("l_x", "log_px", "kl")),
     "elbo": ({"name": "elbo"}, lambda c: -c["l_x"], ("l_x", "log_px", "kl")),
     "elbo-beta": ({"name": "elbo", "beta": 0.5}, lambda c: -(c["log_px"] - 0.5 * c["kl"]), ("l_x", "kl")),
