@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -44,17 +45,21 @@ METRIC_COLUMNS = [
     ("ms_per_step", "ms/step", "{:.1f}"),
 ]
 
-#: Variants of mlp-asvae tried in the recipe search (``--levers``), each against the preset.
+#: Variants of mlp-asvae tried in the recipe search (``--levers``), each a change to the preset
+#: (whose recipe is disc_lr = lr / 4 and lambda_z = 0.3: see plugins/presets.py).
 LEVERS: dict[str, dict[str, Any]] = {
-    "preset": {},
-    "no-regularisation": {"discriminator.dropout": 0.0, "discriminator.input_noise": 0.0, "discriminator.spectral_norm": False},
-    "instance noise 0.1": {"discriminator.input_noise": 0.1},
-    "dropout 0.3": {"discriminator.dropout": 0.3},
-    "spectral norm": {"discriminator.spectral_norm": True},
-    "lambda_z 0.3": {"divergence.lambda_z": 0.3},
-    "disc lr / 4": {"optim.disc_lr": 5e-5},
-    "n_critic 2": {"optim.n_critic": 2},
-    "gaussian likelihood, sample_x": {"decoder.likelihood": "gaussian", "sample_x": True},
+    "preset (disc lr/4, lambda_z 0.3)": {},
+    "no recipe (disc lr = lr, lambda_z 1)": {"optim.disc_lr": None, "divergence.lambda_z": 1.0},
+    "disc lr/4 alone": {"divergence.lambda_z": 1.0},
+    "lambda_z 0.3 alone": {"optim.disc_lr": None},
+    "disc lr/8": {"optim.disc_lr": 2.5e-5},
+    "lambda_z 0.1": {"divergence.lambda_z": 0.1},
+    "+ analytic KL in l_x": {"divergence.analytic_kl": True},
+    "+ instance noise 0.1": {"discriminator.input_noise": 0.1},
+    "+ dropout 0.3": {"discriminator.dropout": 0.3},
+    "+ spectral norm": {"discriminator.spectral_norm": True},
+    "+ n_critic 2": {"optim.n_critic": 2},
+    "+ gaussian likelihood, sample_x": {"decoder.likelihood": "gaussian", "sample_x": True},
 }
 
 
@@ -310,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     for dataset in args.datasets:
         for model, variant, overrides in variants:
             for seed in range(args.seeds):
-                slug = f"{dataset}-{model}-{variant.replace(' ', '_').replace('/', '')}-s{seed}"
+                slug = f"{dataset}-{model}-{re.sub(r'[^a-z0-9]+', '-', variant.lower()).strip('-')}-s{seed}"
                 jobs.append({
                     "study": study, "dataset": dataset, "model": model, "variant": variant, "seed": seed, "steps": args.steps,
                     "preset": f"mlp-{model}", "overrides": overrides, "data_dir": args.data_dir, "run_dir": str(out / slug),
