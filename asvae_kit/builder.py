@@ -70,15 +70,18 @@ def build(preset: str | Mapping[str, Any] = DEFAULT_PRESET, /, **overrides: Any)
 
 
 #: Keys ``load`` lets a caller change: where and how long to go on, never what the model is.
-LOAD_OVERRIDES = ("steps", "log_every", "sample_every", "checkpoint_every", "device", "metrics", "eval_size")
+LOAD_OVERRIDES = (
+    "steps", "log_every", "sample_every", "checkpoint_every", "device", "metrics", "eval_size", "diverge_factor",
+    "optim.lr", "optim.disc_lr",
+)
 
 
 def load(run_dir: str | os.PathLike, /, **overrides: Any) -> Trainer:
     """The ``Trainer`` saved in ``run_dir`` (config, weights, optimizer and RNG state).
 
     ``overrides`` may change the run's schedule and placement (``steps``, ``device``, ...; see
-    ``LOAD_OVERRIDES``) and the dataset's file options (``"data.data_dir"``...), validated like
-    ``build``'s.  A run saved on a GPU loads on a CPU-only machine (with a warning).
+    ``LOAD_OVERRIDES``), its learning rates (``"optim.lr"``, to go on after a divergence) and the
+    dataset's file options (``"data.data_dir"``...), validated like ``build``'s.  A run saved on a GPU loads on a CPU-only machine (with a warning).
     """
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
@@ -98,4 +101,6 @@ def load(run_dir: str | os.PathLike, /, **overrides: Any) -> Trainer:
         overrides = {**overrides, "device": "cpu"}
     trainer = build_from_config(resolve_config(config, overrides))
     trainer.load_state(run_dir)
+    if "optim.lr" in overrides or "optim.disc_lr" in overrides:
+        trainer.set_learning_rates()  # the checkpoint's optimizer state carries the old ones
     return trainer

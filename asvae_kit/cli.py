@@ -78,7 +78,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=_non_negative, help="steps between checkpoints")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--set", dest="sets", type=_set_pair, action="append", default=[], metavar="KEY=VALUE", help="any config key, dotted for nested ones (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps (--lr may change the learning rate)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out that holds no run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="run directory to write")
 
@@ -156,8 +157,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.preset or args.data:
             raise CommandError("--resume continues the run as it was configured; drop --preset/--data")
         trainer = load(out, **overrides)
+        if trainer.step >= trainer.config["steps"]:
+            raise CommandError(
+                f"{out} has already finished: it is at step {trainer.step} of {trainer.config['steps']}; "
+                f"pass --steps N with N > {trainer.step} to train it further"
+            )
         what = f"resuming {out}"
     else:
+        from .rundir import check_output_dir
+
+        check_output_dir(out, overwrite=args.overwrite)
         _check_data_dir_applies(args)
         preset = args.preset or DEFAULT_PRESET
         trainer = build(preset, **overrides)
@@ -349,8 +358,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("ASVAE_KIT_DEBUG") == "1"
+    from .signals import TrainingStopped
     try:
         return COMMANDS[args.command](args)
+    except TrainingStopped as exc:  # SIGTERM/SIGINT: the step finished and the run was saved
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "metrics": ["recon", "nll", "fd", "skl", "probe"],
     "eval_size": 1000,
     "holdout": 0.1,
+    "diverge_factor": 1000.0,
 }
 
 
@@ -150,6 +151,9 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     metrics = config["metrics"]
     if not isinstance(metrics, list) or not all(isinstance(m, (str, dict)) for m in metrics):
         raise ConfigError(f"config 'metrics' must be a list of metric names (or {{'name': ..., **options}}), got {metrics!r}")
+    factor = config["diverge_factor"]
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (factor == 0 or factor > 1) or not math.isfinite(factor)):
+        raise ConfigError(f"config 'diverge_factor' must be 0 (off) or a number > 1 (stop when a loss grows past that many times its running median), got {factor!r}")
     holdout = config["holdout"]
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
         raise ConfigError(

@@ -16,6 +16,7 @@ __all__ = [
     "UnsupportedShapeError",
     "DataError",
     "CheckpointError",
+    "RunDirectoryError",
 ]
 
 
@@ -90,3 +91,7 @@ class DataError(AsvaeKitError, ValueError):
 
 class CheckpointError(AsvaeKitError, ValueError):
     """A run directory that cannot be loaded (missing or corrupt files)."""
+
+
+class RunDirectoryError(AsvaeKitError, ValueError):
+    """A run directory that cannot be written: not a run, a file, or locked by another writer."""

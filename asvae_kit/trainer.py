@@ -9,12 +9,14 @@ is written atomically, so a crash leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -25,7 +27,10 @@ from .data import BatchStream, check_images, first_images
 from .distributed import average_gradients, broadcast_parameters, context_from_env
 from .divergence import JointBatch, check_head_count
 from .errors import AsvaeKitError, CheckpointError, ConfigError
-from .fileio import atomic_path, atomic_write_text
+from .fileio import atomic_path, atomic_write_text, remove_stale_temporaries
+from .guard import DivergenceGuard
+from .rundir import RunLock
+from .signals import StopSignals, TrainingStopped
 from .images import interleave_rows, save_image_grid, slerp
 from .splits import DataSplit
 
@@ -43,7 +48,8 @@ RECON_PAIRS = 32
 
 
 class TrainingDivergedError(AsvaeKitError, FloatingPointError):
-    """A loss became NaN or infinite; the last checkpoint on disk is untouched."""
+    """A loss became NaN or infinite, or grew past ``diverge_factor`` times its running median;
+    nothing is saved after that step, so the last checkpoint on disk is the last good state."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -115,6 +121,9 @@ class Trainer:
         self._stream: BatchStream | None = None  # over the configured dataset, kept across fit() calls
         self._stream_state: dict[str, Any] | None = None  # from a checkpoint, applied to the next stream
         self._pending: dict[str, list[torch.Tensor]] = {}
+        self._guard = DivergenceGuard(config["diverge_factor"])
+        self._last_saved_step: int | None = None
+        self._time_before = 0.0  # training seconds logged before this fit() call
         self._csv_columns: list[str] | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -146,6 +155,15 @@ class Trainer:
 
     def _modules(self) -> list[nn.Module]:
         return [m for m in (self.encoder, self.decoder, self.discriminator) if m is not None]
+
+    def set_learning_rates(self) -> None:
+        """Give both optimizers the learning rates of ``config['optim']`` (``disc_lr`` or ``lr``)."""
+        optim = self.config["optim"]
+        for group in self.gen_optimizer.param_groups:
+            group["lr"] = optim["lr"]
+        if self.disc_optimizer is not None:
+            for group in self.disc_optimizer.param_groups:
+                group["lr"] = optim["disc_lr"] or optim["lr"]
 
     def make_batch(self, x: torch.Tensor) -> JointBatch:
         """The step's joint samples for the data batch ``x`` (prior codes drawn here)."""
@@ -193,12 +211,22 @@ class Trainer:
         return diagnostics
 
     def _check_finite(self, loss: torch.Tensor, what: str, terms: dict[str, torch.Tensor]) -> None:
-        if not torch.isfinite(loss).item():
-            detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
-            raise TrainingDivergedError(
-                f"the {what} became {float(loss.detach())} at step {self.step + 1} ({detail}). The last checkpoint is "
-                "untouched; lower optim.lr, or check the data for extreme values."
-            )
+        """Raise ``TrainingDivergedError`` when ``loss`` is NaN/inf or has blown up (``DivergenceGuard``)."""
+        term = "d_loss" if what.startswith("discriminator") else "g_loss"
+        why = self._guard.check(term, float(loss.detach()))
+        if why is None:
+            return
+        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        if self._last_saved_step is not None and self.run_dir is not None:
+            kept = f"the last checkpoint in {self.run_dir} (step {self._last_saved_step}) is intact"
+            fix = f"resume it with a lower learning rate: asvae-kit train --resume --out {self.run_dir} --lr LR"
+        else:
+            kept = "no checkpoint of this run was written"
+            fix = "train again with a lower optim.lr (--lr)"
+        raise TrainingDivergedError(
+            f"the {what} ({term}) {why} at step {self.step + 1} ({detail}); training stopped and {kept}. To go on, {fix}, "
+            "or check the data for extreme values (diverge_factor=0 turns the growth check off)."
+        )
 
     # ------------------------------------------------------------------------------------------
     # the loop
@@ -224,20 +252,27 @@ class Trainer:
             source = self.dataset if data is None else data
             self._recon_images = check_images(first_images(source, RECON_PAIRS), "training data", self.data_shape).to(self.device)
         log_every, sample_every, ckpt_every = (self.config[k] for k in ("log_every", "sample_every", "checkpoint_every"))
-        if writes:
-            self.run_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-            stale = self.run_dir / METRICS_FILE
-            if self.step == 0 and stale.exists():  # left by a run that died before its first checkpoint
-                stale.unlink()
-                self._csv_columns = None
-            self._write_config()
+        lock = RunLock(self.run_dir) if writes else contextlib.nullcontext()
+        with lock, StopSignals() as stop:
+            if writes:
+                self.run_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+                remove_stale_temporaries(self.run_dir)  # left by a process killed mid-write
+                stale = self.run_dir / METRICS_FILE
+                if self.step == 0 and stale.exists():  # left by a run that died before its first checkpoint
+                    stale.unlink()
+                    self._csv_columns = None
+                self._write_config()
+            self._train_until(total, stream, writes, log_every, sample_every, ckpt_every, progress, stop)
+        return self
 
+    def _train_until(self, total: int, stream: BatchStream, writes: bool, log_every: int, sample_every: int, ckpt_every: int, progress: bool | None, stop: StopSignals) -> None:
         from tqdm.auto import tqdm
 
         show = (sys.stderr.isatty() if progress is None else progress) and self.dist.is_main
         bar = tqdm(total=total, initial=min(self.step, total), disable=not show, unit="step", dynamic_ncols=True)
         start = time.perf_counter()
         started_at = self.step
+        self._time_before = float(self.history[-1].get("time_s", 0.0)) if self.history else 0.0
         try:
             while self.step < total:
                 terms = self.train_step(next(stream))
@@ -249,23 +284,30 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k not in ("step", "time_s", "steps_per_s")}, refresh=False)
                 if writes:
                     if sample_every and self.step % sample_every == 0:
-                        self.save_grids(self.run_dir)
+                        self._save_grids_or_warn()
                     if ckpt_every and self.step % ckpt_every == 0:
                         self.save(self.run_dir)
-        except KeyboardInterrupt:
-            bar.close()
-            if writes:
-                self.save(self.run_dir)
-                print(f"\ninterrupted at step {self.step}; checkpoint saved to {self.run_dir}", file=sys.stderr)
-            raise
+                if stop.received is not None:
+                    break
         finally:
             bar.close()
         if self._pending:
             self._log_row(time.perf_counter() - start, self.step - started_at)
         if writes:
+            self.save(self.run_dir)  # first: nothing after training may cost the model
+            self._save_grids_or_warn()
+        if stop.received is not None:
+            import signal
+
+            name = signal.Signals(stop.received).name
+            where = f"; checkpoint saved to {self.run_dir} (resume with `asvae-kit train --resume --out {self.run_dir}`)" if writes else ""
+            raise TrainingStopped(stop.received, f"{name}: training stopped after step {self.step}{where}")
+
+    def _save_grids_or_warn(self) -> None:
+        try:
             self.save_grids(self.run_dir)  # type: ignore[arg-type]
-            self.save(self.run_dir)
-        return self
+        except Exception as exc:  # a picture is never worth a run
+            warnings.warn(f"could not write the image grids of step {self.step} to {self.run_dir}: {exc}", stacklevel=3)
 
     def _seed_replica_noise(self) -> None:
         """Under data parallelism, give each replica its own noise stream (they share weights and
@@ -295,7 +337,7 @@ class Trainer:
         """Average the terms gathered since the last row into one history/metrics.csv row."""
         row: dict[str, float] = {"step": self.step}
         row.update({k: torch.stack(v).double().mean().item() for k, v in sorted(self._pending.items())})
-        row["time_s"] = round(elapsed, 3)
+        row["time_s"] = round(self._time_before + elapsed, 3)  # continues across resumes
         row["steps_per_s"] = round(steps_done / elapsed, 3) if elapsed > 0 else float("nan")
         self._pending = {}
         self.history.append(row)
@@ -435,6 +477,7 @@ class Trainer:
         }
         with atomic_path(self.run_dir / STATE_FILE) as tmp:  # type: ignore[operator]
             torch.save(state, tmp)
+        self._last_saved_step = self.step
         return self.run_dir  # type: ignore[return-value]
 
     def load_state(self, run_dir: str | os.PathLike) -> None:
@@ -461,7 +504,11 @@ class Trainer:
             try:
                 state = torch.load(state_path, map_location="cpu", weights_only=True)
             except Exception as exc:
-                raise CheckpointError(f"{state_path} cannot be read ({exc}); delete it to load the weights alone") from None
+                raise CheckpointError(
+                    f"{state_path} cannot be read ({exc}): the run's optimizer and RNG state are lost, so it cannot be "
+                    f"resumed exactly. Keep {run_dir} as it is; to go on from its weights, copy {model_path.name} and "
+                    f"config.json into a new folder and train that with --resume, which starts the optimizers afresh"
+                ) from None
             self.step = int(state["step"])
             self.gen_optimizer.load_state_dict(state["gen_optimizer"])
             if self.disc_optimizer is not None and state.get("disc_optimizer") is not None:
@@ -476,6 +523,7 @@ class Trainer:
             self._stream, self._stream_state = None, state.get("data_stream")
             self._seed_replica_noise()  # the checkpoint holds rank 0's noise state
             self.history = list(state.get("history", []))
+            self._last_saved_step = self.step
         self.run_dir = run_dir
 
 

@@ -1,0 +1,41 @@
+"""Catching a run that diverges before it overwrites a good checkpoint.
+
+Besides NaN and infinity, a loss whose magnitude grows past ``factor`` times its typical level
+counts as divergence: at ``--lr 1.0`` the losses jump from about 50 to 1e13 within a few steps,
+long before they overflow.  The typical level is the lowest running median (over ``window``
+steps, floored at 1) the loss has had since its first ``warmup`` steps, so a loss that climbs
+slowly cannot drag its own yardstick up with it.  ``factor = 0`` switches the check off.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from statistics import median
+
+__all__ = ["DivergenceGuard"]
+
+
+class DivergenceGuard:
+    """Per-loss yardsticks; ``check`` returns why a value is divergent, or ``None``."""
+
+    def __init__(self, factor: float | None, window: int = 200, warmup: int = 1) -> None:
+        self.factor = float(factor or 0.0)
+        self.window, self.warmup = window, warmup
+        self._recent: dict[str, deque[float]] = {}
+        self._typical: dict[str, float] = {}
+
+    def check(self, name: str, value: float) -> str | None:
+        if not math.isfinite(value):
+            return f"became {value}"
+        if not self.factor:
+            return None
+        recent = self._recent.setdefault(name, deque(maxlen=self.window))
+        typical = self._typical.get(name)
+        if typical is not None and abs(value) > self.factor * typical:
+            return f"reached {value:.4g}, over {self.factor:g} times its typical magnitude {typical:.4g}"
+        recent.append(abs(value))
+        if len(recent) >= self.warmup:
+            level = max(median(recent), 1.0)
+            self._typical[name] = level if typical is None else min(typical, level)
+        return None

@@ -1,0 +1,189 @@
+"""Runs that survive: guarded run directories, the writer lock, divergence caught before it is
+saved, SIGTERM/SIGINT finishing the step and saving, small data sets, file modes, stale
+temporaries, and resumes that keep their history."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import asvae_kit
+from asvae_kit.cli import main
+from asvae_kit.errors import RunDirectoryError
+from asvae_kit.guard import DivergenceGuard
+from asvae_kit.rundir import LOCK_FILE, RunLock, check_output_dir
+from asvae_kit.trainer import TrainingDivergedError
+
+TINY = ["--set", "encoder.hidden=[32]", "--set", "decoder.hidden=[32]", "--set", "discriminator.hidden=[32]", "--set", "latent_dim=4"]
+
+
+def _train(out: Path, *extra: str) -> int:
+    return main(["train", "--preset", "mlp-vae", "--steps", "3", "--batch-size", "8", "--no-progress", *TINY, "--out", str(out), *extra])
+
+
+# ------------------------------------------------------------------------------------------------
+# the run directory
+
+
+def test_a_folder_that_is_not_a_run_is_refused_untouched(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json.bak").write_text("precious")
+    (out / "metrics.csv").write_text("my,own\n")
+    assert _train(out) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["config.json.bak", "metrics.csv"]
+    assert (out / "metrics.csv").read_text() == "my,own\n"
+    assert _train(out, "--overwrite") == 0 and (out / "model.safetensors").is_file()
+
+
+def test_out_that_is_a_file_is_refused_before_building(tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    assert _train(target) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    with pytest.raises(RunDirectoryError):
+        check_output_dir(target)
+
+
+def test_the_lock_names_its_holder_and_is_broken_when_stale(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (run / LOCK_FILE).write_text(json.dumps({"pid": live.pid, "host": socket.gethostname(), "started": "then"}))
+        with pytest.raises(RunDirectoryError, match=f"process {live.pid}"):
+            RunLock(run).acquire()
+        trainer = asvae_kit.build("mlp-vae", steps=2, device="cpu", **{"encoder.hidden": [16], "decoder.hidden": [16]})
+        with pytest.raises(RunDirectoryError, match="being written by"):
+            trainer.fit(run_dir=run, progress=False)
+    finally:
+        live.kill()
+        live.wait()
+    # the holder is gone: its lock is stale and is taken over
+    trainer.fit(run_dir=run, progress=False)
+    assert trainer.step == 2 and not (run / LOCK_FILE).exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# divergence
+
+
+def test_divergence_guard_yardstick():
+    guard = DivergenceGuard(1000)
+    assert guard.check("g_loss", 45.0) is None
+    for v in (40.0, 38.0, 37.0):
+        assert guard.check("g_loss", v) is None
+    assert "over 1000 times" in guard.check("g_loss", 5e13)
+    assert "nan" in guard.check("g_loss", float("nan"))
+    assert DivergenceGuard(0).check("g_loss", 1e30) is None  # off
+    assert DivergenceGuard(0).check("g_loss", float("inf")) is not None  # but never for inf
+
+
+def test_an_exploding_run_stops_before_saving_and_resumes_with_a_lower_lr(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--preset", "mlp-vae", "--steps", "60", "--batch-size", "8", "--checkpoint-every", "10", "--no-progress", *TINY]
+    assert main([*args, "--out", str(run)]) == 0
+    before = load_file(str(run / "model.safetensors"))
+    capsys.readouterr()
+    assert main(["train", "--resume", "--steps", "200", "--lr", "1.0", "--no-progress", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "TrainingDivergedError" in err and re.search(r"at step 6[1-9] ", err) and "(step 60) is intact" in err and "--resume" in err
+    after = load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the good checkpoint was not replaced
+    assert main(["train", "--resume", "--steps", "70", "--lr", "1e-4", "--no-progress", "--out", str(run)]) == 0
+    trainer = asvae_kit.load(run)
+    assert trainer.step == 70 and trainer.gen_optimizer.param_groups[0]["lr"] == 1e-4
+
+
+def test_divergence_without_a_checkpoint_says_so():
+    trainer = asvae_kit.build("mlp-vae", steps=50, device="cpu", **{"optim.lr": 1.0})
+    with pytest.raises(TrainingDivergedError, match="no checkpoint of this run was written"):
+        trainer.fit(progress=False)
+
+
+def test_resume_of_a_finished_run_says_so(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--no-progress", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "already finished" in err and "pass --steps N with N > 3" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# signals
+
+
+def _cli(run: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "asvae_kit", "train", "--preset", "mlp-vae", "--steps", str(steps), "--batch-size", "8",
+            "--checkpoint-every", "0", "--sample-every", "0", "--log-every", "5", "--no-progress", *TINY, "--out", str(run)]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_finishes_the_step_saves_and_resumes_bit_exact(tmp_path, signum, code):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert subprocess.run(_cli(whole, 1500), env=env, capture_output=True).returncode == 0
+    proc = subprocess.Popen(_cli(broken, 1500), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (broken / "metrics.csv").is_file():
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "training stopped after step" in err and "checkpoint saved" in err
+    stopped_at = asvae_kit.load(broken).step
+    assert 0 < stopped_at < 1500, "the signal came too late to test a resume"
+    resume = [sys.executable, "-m", "asvae_kit", "train", "--resume", "--steps", "1500", "--no-progress", "--out", str(broken)]
+    resumed = subprocess.run(resume, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(broken / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------------
+# small things
+
+
+@pytest.mark.parametrize("limit", [1, 9, 20])
+def test_any_data_set_of_at_least_one_image_trains_and_saves(tmp_path, limit):
+    out = tmp_path / f"run{limit}"
+    assert _train(out, "--set", f"data.limit={limit}") == 0
+    assert (out / "model.safetensors").is_file() and (out / "reconstructions.png").is_file()
+
+
+def test_files_follow_the_umask_and_stale_temporaries_are_removed(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".model.safetensors.abc123.tmp").write_bytes(b"half a file")
+    old = os.umask(0o022)
+    try:
+        assert _train(run, "--overwrite") == 0
+    finally:
+        os.umask(old)
+    assert not list(run.glob(".*.tmp"))
+    for name in ("config.json", "model.safetensors", "trainer_state.pt", "samples.png"):
+        assert (run / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_time_continues_across_resumes(tmp_path):
+    run = tmp_path / "run"
+    assert _train(run) == 0
+    assert main(["train", "--resume", "--steps", "6", "--no-progress", "--out", str(run)]) == 0
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    times = [float(r["time_s"]) for r in rows]
+    assert len(times) == 2 and times[1] > times[0]
