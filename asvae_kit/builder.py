@@ -71,7 +71,7 @@ def build(preset: str | Mapping[str, Any] = DEFAULT_PRESET, /, **overrides: Any)
 
 #: Keys ``load`` lets a caller change: where and how long to go on, never what the model is.
 LOAD_OVERRIDES = (
-    "steps", "log_every", "sample_every", "checkpoint_every", "device", "metrics", "eval_size", "diverge_factor",
+    "steps", "log_every", "sample_every", "checkpoint_every", "device", "metrics", "eval_size", "diverge_factor", "keep_checkpoints",
     "optim.lr", "optim.disc_lr",
 )
 

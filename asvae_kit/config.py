@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "eval_size": 1000,
     "holdout": 0.1,
     "diverge_factor": 1000.0,
+    "keep_checkpoints": 2,
 }
 
 
@@ -131,7 +132,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     for key in config:
         if key not in DEFAULTS:
             raise _unknown_key(key, DEFAULTS, "")
-    for key in ("latent_dim", "batch_size"):
+    for key in ("latent_dim", "batch_size", "keep_checkpoints"):
         _positive_int(config, key)
     for key in ("steps", "log_every", "sample_every", "checkpoint_every", "seed"):
         _positive_int(config, key, allow_zero=True)

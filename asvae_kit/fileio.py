@@ -8,15 +8,16 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_with", "remove_stale_temporaries", "TMP_SUFFIX"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_with", "remove_stale_temporaries", "file_mode", "TMP_SUFFIX"]
 
 TMP_SUFFIX = ".tmp"
 
 
-def _umask() -> int:
+def file_mode(directory: bool = False) -> int:
+    """The mode ``open()``/``mkdir()`` would give a new file (0o666) or folder (0o777) under the umask."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return (0o777 if directory else 0o666) & ~mask
 
 
 @contextlib.contextmanager
@@ -31,7 +32,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; files follow the umask like open() does
+        os.chmod(tmp_path, file_mode())  # mkstemp makes 0600; files follow the umask like open() does
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -49,14 +50,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files ``atomic_path`` leaves behind when a process is killed mid-write
-    (``.NAME.XXXX.tmp`` in ``folder`` and its ``images/``); return what was removed.  Only call it
-    while holding the folder (no other writer can be mid-write)."""
+    """Delete what a process killed mid-write leaves behind: ``atomic_path``'s ``.NAME.XXXX.tmp``
+    files in ``folder`` and its ``images/``, and half-written checkpoint folders in
+    ``checkpoints/``; return what was removed.  Only call it while holding the folder's lock."""
+    import shutil
+
     removed = []
-    for where in (Path(folder), Path(folder) / "images"):
+    for where in (Path(folder), Path(folder) / "images", Path(folder) / "checkpoints"):
         if where.is_dir():
             for p in where.glob(f".*{TMP_SUFFIX}"):
-                if p.is_file():
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
                     p.unlink(missing_ok=True)
-                    removed.append(p)
+                removed.append(p)
     return removed

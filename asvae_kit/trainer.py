@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -27,7 +28,8 @@ from .data import BatchStream, check_images, first_images
 from .distributed import average_gradients, broadcast_parameters, context_from_env
 from .divergence import JointBatch, check_head_count
 from .errors import AsvaeKitError, CheckpointError, ConfigError
-from .fileio import atomic_path, atomic_write_text, remove_stale_temporaries
+from .checkpoint import MODEL_FILE, STATE_FILE, read_checkpoint, write_checkpoint
+from .fileio import atomic_write_text, remove_stale_temporaries
 from .guard import DivergenceGuard
 from .rundir import RunLock
 from .signals import StopSignals, TrainingStopped
@@ -40,8 +42,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Trainer", "TrainingDivergedError", "CONFIG_FILE", "MODEL_FILE", "STATE_FILE", "METRICS_FILE"]
 
 CONFIG_FILE = "config.json"
-MODEL_FILE = "model.safetensors"
-STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.csv"
 GRID_SIZE = 64
 RECON_PAIRS = 32
@@ -124,6 +124,7 @@ class Trainer:
         self._guard = DivergenceGuard(config["diverge_factor"])
         self._last_saved_step: int | None = None
         self._time_before = 0.0  # training seconds logged before this fit() call
+        self.run_id = uuid.uuid4().hex  # tags every checkpoint of this run (load keeps the saved one)
         self._csv_columns: list[str] | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -450,9 +451,8 @@ class Trainer:
         return out
 
     def save(self, run_dir: str | os.PathLike | None = None) -> Path:
-        """Write ``config.json``, ``model.safetensors`` and ``trainer_state.pt`` atomically."""
-        from safetensors.torch import save_file
-
+        """Write ``config.json`` and one checkpoint (weights + optimizer/RNG/data state) as a unit
+        (see ``asvae_kit.checkpoint``)."""
         if run_dir is None and self.run_dir is None:
             raise ValueError("save() needs a run directory the first time: trainer.save('runs/my-run')")
         self.run_dir = Path(run_dir) if run_dir is not None else self.run_dir
@@ -460,13 +460,9 @@ class Trainer:
             return self.run_dir  # type: ignore[return-value]
         self.run_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
         self._write_config()
-        with atomic_path(self.run_dir / MODEL_FILE) as tmp:  # type: ignore[operator]
-            save_file(self.state_tensors(), str(tmp), metadata={"format": "pt", "step": str(self.step)})
         state = {
-            "step": self.step,
             "gen_optimizer": self.gen_optimizer.state_dict(),
             "disc_optimizer": self.disc_optimizer.state_dict() if self.disc_optimizer is not None else None,
-            "scaler": None,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -475,23 +471,16 @@ class Trainer:
             "data_stream": self._stream.state_dict() if self._stream is not None else self._stream_state,
             "history": self.history,
         }
-        with atomic_path(self.run_dir / STATE_FILE) as tmp:  # type: ignore[operator]
-            torch.save(state, tmp)
+        write_checkpoint(
+            self.run_dir, step=self.step, run_id=self.run_id, tensors=self.state_tensors(), state=state, keep=self.config["keep_checkpoints"]  # type: ignore[arg-type]
+        )
         self._last_saved_step = self.step
         return self.run_dir  # type: ignore[return-value]
 
     def load_state(self, run_dir: str | os.PathLike) -> None:
-        """Load weights and trainer state written by ``save``."""
-        from safetensors.torch import load_file
-
+        """Load the newest checkpoint written by ``save`` (weights, and the state when present)."""
         run_dir = Path(run_dir)
-        model_path, state_path = run_dir / MODEL_FILE, run_dir / STATE_FILE
-        if not model_path.is_file():
-            raise CheckpointError(f"{model_path} is missing; is {run_dir} a run directory written by asvae-kit?")
-        try:
-            tensors = load_file(str(model_path), device="cpu")
-        except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"{model_path} cannot be read ({exc}); the file is corrupt") from None
+        tensors, state, model_path = read_checkpoint(run_dir)
         for prefix, module in (("encoder", self.encoder), ("decoder", self.decoder), ("discriminator", self.discriminator)):
             if module is None:
                 continue
@@ -500,16 +489,9 @@ class Trainer:
                 module.load_state_dict(sub)
             except RuntimeError as exc:
                 raise CheckpointError(f"{model_path}: the {prefix} weights do not fit the config's network: {exc}") from None
-        if state_path.is_file():
-            try:
-                state = torch.load(state_path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise CheckpointError(
-                    f"{state_path} cannot be read ({exc}): the run's optimizer and RNG state are lost, so it cannot be "
-                    f"resumed exactly. Keep {run_dir} as it is; to go on from its weights, copy {model_path.name} and "
-                    f"config.json into a new folder and train that with --resume, which starts the optimizers afresh"
-                ) from None
+        if state is not None:
             self.step = int(state["step"])
+            self.run_id = state.get("run_id") or self.run_id
             self.gen_optimizer.load_state_dict(state["gen_optimizer"])
             if self.disc_optimizer is not None and state.get("disc_optimizer") is not None:
                 self.disc_optimizer.load_state_dict(state["disc_optimizer"])

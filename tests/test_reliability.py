@@ -170,14 +170,16 @@ def test_files_follow_the_umask_and_stale_temporaries_are_removed(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / ".model.safetensors.abc123.tmp").write_bytes(b"half a file")
+    (run / "checkpoints" / ".step-0000009.xyz.tmp").mkdir(parents=True)  # a half-written checkpoint
     old = os.umask(0o022)
     try:
         assert _train(run, "--overwrite") == 0
     finally:
         os.umask(old)
     assert not list(run.glob(".*.tmp"))
-    for name in ("config.json", "model.safetensors", "trainer_state.pt", "samples.png"):
+    for name in ("config.json", "model.safetensors", "latest", "samples.png", "checkpoints/step-0000003/trainer_state.pt"):
         assert (run / name).stat().st_mode & 0o777 == 0o644, name
+    assert (run / "checkpoints" / "step-0000003").stat().st_mode & 0o777 == 0o755
 
 
 def test_time_continues_across_resumes(tmp_path):
@@ -187,3 +189,89 @@ def test_time_continues_across_resumes(tmp_path):
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     times = [float(r["time_s"]) for r in rows]
     assert len(times) == 2 and times[1] > times[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _weights_equal(a: Path, b: Path) -> bool:
+    x, y = load_file(str(a)), load_file(str(b))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_checkpoints_are_units_kept_two_at_a_time_and_a_torn_pair_is_refused(tmp_path):
+    from asvae_kit.checkpoint import checkpoint_names
+
+    run = tmp_path / "run"
+    trainer = asvae_kit.build("mlp-vae", steps=12, checkpoint_every=3, device="cpu", **{"encoder.hidden": [16], "decoder.hidden": [16]})
+    trainer.fit(run_dir=run, progress=False)
+    # steps 3, 6, 9, 12 were saved, 12 twice (the checkpoint, then the final save): the last 2 remain
+    assert checkpoint_names(run) == ["step-0000012", "step-0000012.1"]
+    assert (run / "latest").read_text().strip() == "step-0000012.1"
+    assert _weights_equal(run / "model.safetensors", run / "checkpoints" / "step-0000012.1" / "model.safetensors")
+    assert asvae_kit.load(run).step == 12
+    # tear one: weights of step 12, state of step 3 (as a kill between two renames left them in 0.1)
+    other = tmp_path / "other"
+    asvae_kit.build("mlp-vae", steps=3, device="cpu", **{"encoder.hidden": [16], "decoder.hidden": [16]}).fit(run_dir=other, progress=False)
+    torn = run / "checkpoints" / "step-0000012.1" / "trainer_state.pt"
+    torn.write_bytes((other / "checkpoints" / "step-0000003" / "trainer_state.pt").read_bytes())
+    with pytest.raises(asvae_kit.CheckpointError, match=r"\(step 12\).*\(step 3\) are not one checkpoint"):
+        asvae_kit.load(run)
+
+
+def test_a_torn_pair_in_the_old_layout_is_refused_with_the_way_out(tmp_path):
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    trainer = asvae_kit.build("mlp-vae", steps=4, device="cpu", **{"encoder.hidden": [16], "decoder.hidden": [16]})
+    trainer.fit(run_dir=run, progress=False)
+    folder = run / "checkpoints" / "step-0000004"
+    state = torch.load(folder / "trainer_state.pt", weights_only=True)
+    # the 0.1 layout: both files at the top, no `latest`, no run id; weights from step 4, state from step 2
+    for p in (run / "latest",):
+        p.unlink()
+    save_file(load_file(str(folder / "model.safetensors")), str(run / "model.safetensors"), metadata={"format": "pt", "step": "4"})
+    state.pop("run_id")
+    torch.save({**state, "step": 2}, run / "trainer_state.pt")
+    with pytest.raises(asvae_kit.CheckpointError, match="copy model.safetensors and config.json into a new folder"):
+        asvae_kit.load(run)
+    torch.save({**state, "step": 4}, run / "trainer_state.pt")  # a whole 0.1 pair still loads
+    assert asvae_kit.load(run).step == 4
+
+
+def test_sigkill_at_random_moments_always_leaves_a_run_that_resumes_bit_exact(tmp_path):
+    """A run killed (SIGKILL) at 20 random moments, each time resumed, ends bit for bit where an
+    unbroken run ends; after every kill the run directory loads."""
+    import random
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    steps = 300
+
+    def command(run: Path, resume: bool) -> list[str]:
+        base = [sys.executable, "-m", "asvae_kit", "train", "--steps", str(steps), "--no-progress", "--out", str(run)]
+        if resume:
+            return base[:4] + ["--resume"] + base[4:]
+        return [*base, "--preset", "mlp-vae", "--batch-size", "8", "--checkpoint-every", "2", "--sample-every", "7",
+                "--log-every", "5", *TINY]
+
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert subprocess.run(command(whole, False), env=env, capture_output=True).returncode == 0
+    rng = random.Random(0)
+    kills, started = 0, time.monotonic()
+    while kills < 20 and time.monotonic() - started < 240:
+        resume = (broken / "latest").is_file()
+        proc = subprocess.Popen(command(broken, resume), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(1.5, 3.0))  # python and torch take ~1.5 s to start; then it trains and saves
+        if proc.poll() is not None:
+            break  # it finished before the kill
+        proc.kill()
+        proc.wait()
+        kills += 1
+        if (broken / "latest").is_file():
+            assert 0 < asvae_kit.load(broken).step <= steps
+    assert kills >= 20, f"only {kills} kills landed before the run finished"
+    final = subprocess.run(command(broken, (broken / "latest").is_file()), env=env, capture_output=True, text=True)
+    assert final.returncode in (0, 2), final.stderr  # 2: the last attempt had already finished it
+    assert asvae_kit.load(broken).step == steps
+    assert _weights_equal(whole / "model.safetensors", broken / "model.safetensors")

@@ -73,8 +73,10 @@ def test_save_load_sample_is_identical_and_config_round_trips(tmp_path):
     trainer = asvae_kit.build("mlp-asvae", steps=5, **SMALL)
     trainer.fit(run_dir=tmp_path / "run")
     run = tmp_path / "run"
-    for name in ("config.json", "model.safetensors", "trainer_state.pt", "metrics.csv", "samples.png", "reconstructions.png"):
+    for name in ("config.json", "model.safetensors", "latest", "metrics.csv", "samples.png", "reconstructions.png"):
         assert (run / name).is_file(), name
+    checkpoint = run / "checkpoints" / (run / "latest").read_text().strip()
+    assert checkpoint.name == "step-0000005" and (checkpoint / "model.safetensors").is_file()
     loaded = asvae_kit.load(run)
     assert loaded.config == json.loads((run / "config.json").read_text())
     assert loaded.config == trainer.config
@@ -84,7 +86,7 @@ def test_save_load_sample_is_identical_and_config_round_trips(tmp_path):
     x = torch.rand(4, 1, 8, 8)
     torch.testing.assert_close(loaded.encode(x), trainer.encode(x), rtol=0, atol=0)
     # trainer_state.pt is plain data: it loads with weights_only=True
-    state = torch.load(run / "trainer_state.pt", weights_only=True)
+    state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
     assert state["step"] == 5 and "gen_optimizer" in state and "rng" in state
 
 
