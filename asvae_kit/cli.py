@@ -326,9 +326,18 @@ def _print_description(info: dict[str, Any]) -> None:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from .registry import get_registry
+    import warnings
 
-    records = [r.as_dict() for r in get_registry().plugins]
+    from .plugin_manager import _strict, load_plugins
+    from .registry import Registry
+
+    registry = Registry()  # loaded leniently even in strict mode: this command reports failures
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load_plugins(registry, strict=False)
+    records = [r.as_dict() for r in registry.plugins]
+    if _strict() and any(r["status"] != "ok" for r in records) and not args.json:
+        print("note: ASVAE_KIT_STRICT_PLUGINS=1 is set, so the failures below stop every other command", file=sys.stderr)
     if args.json:
         print(json.dumps(records, indent=2))
         return 0

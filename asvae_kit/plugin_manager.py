@@ -135,8 +135,10 @@ def _load_one(
     pm: pluggy.PluginManager,
     record: PluginRecord,
     import_module: Callable[[], Any],
+    strict: bool = False,
 ) -> None:
-    """Import, register and collect one plugin; on failure undo it and record why."""
+    """Import, register and collect one plugin; on failure undo it and record why (and, for a
+    built-in or in strict mode, raise)."""
     module = None
     try:
         module = import_module()
@@ -157,8 +159,14 @@ def _load_one(
         record.reason = _one_line(exc)
         record.components = {}
         registry.plugins.append(record)
-        if record.builtin or _strict():
+        if record.builtin:
             raise
+        if strict:
+            raise PluginError(
+                f"plugin {record.name!r} ({record.distribution or 'unknown distribution'}) failed to load: {record.reason}. "
+                "ASVAE_KIT_STRICT_PLUGINS=1 makes that an error; fix or uninstall the plugin, or unset the variable "
+                "to skip it with a warning (`asvae-kit plugins` lists every plugin's status)"
+            ) from exc
         warnings.warn(
             f"asvae-kit: skipped plugin {record.name!r} ({record.distribution or 'unknown distribution'}): "
             f"{record.reason}. Run `asvae-kit plugins` for details; set ASVAE_KIT_STRICT_PLUGINS=1 to raise.",
@@ -169,8 +177,11 @@ def _load_one(
     registry.plugins.append(record)
 
 
-def load_plugins(registry: Registry) -> pluggy.PluginManager:
-    """Fill ``registry`` from the built-ins and the allowed entry points; return the manager."""
+def load_plugins(registry: Registry, *, strict: bool | None = None) -> pluggy.PluginManager:
+    """Fill ``registry`` from the built-ins and the allowed entry points; return the manager.
+
+    ``strict`` (default: ``ASVAE_KIT_STRICT_PLUGINS``) makes a failing plugin an error."""
+    strict = _strict() if strict is None else strict
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
     version = _package_version()
@@ -189,7 +200,7 @@ def load_plugins(registry: Registry) -> pluggy.PluginManager:
             distribution=getattr(dist, "name", None),
             version=getattr(dist, "version", None),
         )
-        _load_one(registry, pm, record, ep.load)
+        _load_one(registry, pm, record, ep.load, strict)
     if allowed:
         missing = allowed - {ep.name for ep in eps}
         if missing:

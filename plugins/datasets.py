@@ -274,11 +274,22 @@ def load_cifar10(data_dir: str | None = None, split: str = "train", limit: int |
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+def _read_image(path: Path, channels: int | None, size: int | None) -> np.ndarray:
+    """One image as uint8 ``[H, W]`` (grey) or ``[H, W, 3]``; ``channels`` None: from its mode."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if channels is None:
+            channels = 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
+        im = im.convert("L" if channels == 1 else "RGB")
+        if size is not None and im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
 def load_image_folder(path: str | None = None, size: int | None = None, channels: int | None = None, limit: int | None = None) -> ImageDataset:
     """Every PNG/JPEG under ``path`` (recursively), as grey (channels=1) or RGB (channels=3),
     resized to ``size`` x ``size`` when given (else all images must share one size)."""
-    from PIL import Image
-
     if path is None:
         raise ConfigError("dataset 'image-folder' needs path=DIR (command line: --set data.path=DIR)")
     root = Path(path).expanduser()
@@ -296,13 +307,11 @@ def load_image_folder(path: str | None = None, size: int | None = None, channels
         files = files[:limit]
     arrays = []
     for f in files:
-        with Image.open(f) as im:
-            if channels is None:
-                channels = 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
-            im = im.convert("L" if channels == 1 else "RGB")
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+        try:
+            arr = _read_image(f, channels, size)
+        except (OSError, ValueError) as exc:  # Pillow's UnidentifiedImageError is an OSError
+            raise DataError(f"dataset 'image-folder': {f} cannot be read as an image ({exc}); fix or remove that file") from None
+        channels = channels or (1 if arr.ndim == 2 else 3)
         if arrays and arr.shape != arrays[0].shape:
             raise DataError(
                 f"dataset 'image-folder': {f} is {arr.shape[1]}x{arr.shape[0]} but {files[0]} is "
@@ -327,9 +336,21 @@ def load_tensor_file(path: str | None = None, limit: int | None = None) -> Image
         raise DataError(f"dataset 'tensor': {p} does not exist")
     limit = _check_limit(limit, "tensor")
     if p.suffix == ".npy":
-        t = torch.from_numpy(np.load(p, allow_pickle=False))
+        try:
+            t = torch.from_numpy(np.load(p, allow_pickle=False))
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(
+                f"dataset 'tensor': {p} is not a readable .npy array ({' '.join(str(exc).split()) or type(exc).__name__}); "
+                "write it with numpy.save(path, images) (no pickled objects)"
+            ) from None
     elif p.suffix == ".pt":
-        t = torch.load(p, map_location="cpu", weights_only=True)
+        try:
+            t = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises pickle, zip and key errors for files that are not its own
+            raise DataError(
+                f"dataset 'tensor': {p} is not a tensor file saved by torch.save ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())}); write it with torch.save(images, path)"
+            ) from None
         if isinstance(t, dict):
             t = t.get("images", t.get("x"))
         if not isinstance(t, torch.Tensor):

@@ -148,3 +148,26 @@ def test_idx_parser_rejects_truncated_files(tmp_path):
         f.write(header + bytes(7))
     with pytest.raises(DataError, match="truncated"):
         _read_idx(tmp_path / "x.gz")
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("empty.npy", b"", "is not a readable .npy array"),
+    ("garbage.npy", b"\x93NUMPY garbage", "is not a readable .npy array"),
+    ("text.pt", b"just some text\n", "is not a tensor file saved by torch.save"),
+])
+def test_unreadable_tensor_files_are_named_with_the_fix(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=expected) as info:
+        asvae_kit.build_component("dataset", "tensor", path=str(path))
+    assert str(path) in str(info.value)
+
+
+def test_a_corrupt_png_is_named(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (8, 8), 128).save(tmp_path / "good.png")
+    good = (tmp_path / "good.png").read_bytes()
+    (tmp_path / "bad.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match="bad.png cannot be read as an image"):
+        asvae_kit.build_component("dataset", "image-folder", path=str(tmp_path))

@@ -187,12 +187,19 @@ def test_duplicate_error_names_both_providers(site):
 
 
 @pytest.mark.parametrize("which", sorted(BROKEN))
-def test_strict_mode_reraises(site, which, monkeypatch):
+def test_strict_mode_raises_naming_the_plugin_and_plugins_still_lists_it(site, which, monkeypatch, capsys):
     _install_broken(site, which)
     monkeypatch.setenv("ASVAE_KIT_STRICT_PLUGINS", "1")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(asvae_kit.PluginError) as info:
         asvae_kit.list_components()
-    assert REASONS[which] in str(info.value)
+    assert REASONS[which] in str(info.value) and f"plugin {which!r}" in str(info.value)
+    assert "ASVAE_KIT_STRICT_PLUGINS" in str(info.value)
+    from asvae_kit.cli import main
+
+    reset_registry()
+    assert main(["plugins", "--json"]) == 0
+    failed = [r for r in json.loads(capsys.readouterr().out) if r["status"] == "failed"]
+    assert [r["name"] for r in failed] == [which]
 
 
 def test_allow_list_loads_only_the_named_entry_points(site, monkeypatch):
