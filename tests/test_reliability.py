@@ -275,3 +275,21 @@ def test_sigkill_at_random_moments_always_leaves_a_run_that_resumes_bit_exact(tm
     assert final.returncode in (0, 2), final.stderr  # 2: the last attempt had already finished it
     assert asvae_kit.load(broken).step == steps
     assert _weights_equal(whole / "model.safetensors", broken / "model.safetensors")
+
+
+def test_a_full_disk_is_a_checkpoint_error_and_the_previous_checkpoint_survives(tmp_path, monkeypatch):
+    import asvae_kit.checkpoint as checkpoint
+
+    run = tmp_path / "run"
+    trainer = asvae_kit.build("mlp-vae", steps=2, device="cpu", **{"encoder.hidden": [16], "decoder.hidden": [16]})
+    trainer.fit(run_dir=run, progress=False)
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/3: file write failed")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(asvae_kit.CheckpointError, match=r"step 4 .*step-0000002\) is intact"):
+        trainer.fit(4, progress=False)
+    monkeypatch.undo()
+    assert not list((run / "checkpoints").glob(".*"))  # the half-written folder is gone
+    assert asvae_kit.load(run).step == 2
