@@ -1,10 +1,12 @@
 """The ``Trainer``: alternating discriminator and encoder/decoder steps (DESIGN.md §1), logging,
 image grids, checkpoints, save/load.
 
-A run directory holds ``config.json``, ``model.safetensors``, ``trainer_state.pt`` (optimizers,
-RNG states, step; read with ``weights_only=True``), ``metrics.csv`` and PNG grids
-(``samples.png``/``reconstructions.png`` for the latest, ``images/`` for every one).  Every file
-is written atomically, so a crash leaves the previous checkpoint intact.
+A run directory holds ``config.json``, ``metrics.csv``, PNG grids (``samples.png`` and
+``reconstructions.png`` for the latest, ``images/`` for every one) and checkpoints: each one a
+folder ``checkpoints/step-N`` with ``model.safetensors`` and ``trainer_state.pt`` (optimizers,
+RNG states, step; read with ``weights_only=True``), switched to through ``latest`` once complete
+(``asvae_kit.checkpoint``).  While training, the folder is locked against a second writer, and
+SIGTERM/SIGINT finish the step and save before stopping.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ from torch import nn
 from .data import BatchStream, check_images, first_images
 from .distributed import average_gradients, broadcast_parameters, context_from_env
 from .divergence import JointBatch, check_head_count
-from .errors import AsvaeKitError, CheckpointError, ConfigError
 from .checkpoint import MODEL_FILE, STATE_FILE, read_checkpoint, write_checkpoint
+from .errors import AsvaeKitError, CheckpointError, ConfigError
 from .fileio import atomic_write_text, remove_stale_temporaries
 from .guard import DivergenceGuard
+from .images import interleave_rows, save_image_grid, slerp
 from .rundir import RunLock
 from .signals import StopSignals, TrainingStopped
-from .images import interleave_rows, save_image_grid, slerp
 from .splits import DataSplit
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -177,7 +179,7 @@ class Trainer:
             return terms
         for _ in range(self.config["optim"]["n_critic"]):
             d_loss, terms = self.divergence.discriminator_loss(self.discriminator, batch)
-            self._check_finite(d_loss, "discriminator loss", terms)
+            self._check_loss(d_loss, "discriminator loss", terms)
             self.disc_optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
             d_loss.backward()
             average_gradients(self.discriminator.parameters(), self.dist)
@@ -190,7 +192,7 @@ class Trainer:
             self.discriminator.requires_grad_(False)
         try:
             g_loss, terms = self.divergence.generator_loss(self.discriminator, batch)
-            self._check_finite(g_loss, "encoder/decoder loss", terms)
+            self._check_loss(g_loss, "encoder/decoder loss", terms)
             self.gen_optimizer.zero_grad(set_to_none=True)
             g_loss.backward()
             average_gradients((p for group in self.gen_optimizer.param_groups for p in group["params"]), self.dist)
@@ -211,7 +213,7 @@ class Trainer:
         self.step += 1
         return diagnostics
 
-    def _check_finite(self, loss: torch.Tensor, what: str, terms: dict[str, torch.Tensor]) -> None:
+    def _check_loss(self, loss: torch.Tensor, what: str, terms: dict[str, torch.Tensor]) -> None:
         """Raise ``TrainingDivergedError`` when ``loss`` is NaN/inf or has blown up (``DivergenceGuard``)."""
         term = "d_loss" if what.startswith("discriminator") else "g_loss"
         why = self._guard.check(term, float(loss.detach()))
