@@ -54,6 +54,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "lambda_z 0.3 alone": {"optim.disc_lr": None},
     "disc lr/8": {"optim.disc_lr": 2.5e-5},
     "lambda_z 0.1": {"divergence.lambda_z": 0.1},
+    "lambda_z 0 (AVB's objective, 2-head critic)": {"divergence.lambda_z": 0.0},
     "+ analytic KL in l_x": {"divergence.analytic_kl": True},
     "+ instance noise 0.1": {"discriminator.input_noise": 0.1},
     "+ dropout 0.3": {"discriminator.dropout": 0.3},
@@ -309,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     study = "levers" if args.levers else ("smoke" if smoke else "comparison")
     jobs = []
     if args.levers:
-        variants = [("asvae", name, overrides) for name, overrides in LEVERS.items()] + [("vae", "VAE (reference)", {}), ("ali", "ALI (reference)", {})]
+        references = [("vae", "VAE (reference)", {}), ("avb", "AVB (reference)", {}), ("ali", "ALI (reference)", {})]
+        variants = [("asvae", name, overrides) for name, overrides in LEVERS.items()] + references
     else:
         variants = [(model, "preset", {}) for model in MODELS]
     for dataset in args.datasets:
