@@ -91,6 +91,10 @@ def load(run_dir: str | os.PathLike, /, **overrides: Any) -> Trainer:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{config_path} is not valid JSON ({exc})") from None
+    if isinstance(config, dict):
+        # Runs from before held-out splits trained on all of a data set without a test split:
+        # nothing of it is held out, so evaluating them on "test" is refused, not faked.
+        config.setdefault("holdout", 0.0)
     for key in overrides:
         if key not in LOAD_OVERRIDES and not key.startswith("data."):
             allowed = ", ".join(LOAD_OVERRIDES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -115,3 +116,15 @@ def test_parse_metric():
 def test_describe_lists_metric_options():
     info = asvae_kit.describe("nll", "metric")
     assert info["config"] == {"k": 1000, "n": 256, "batch": 4096}
+
+
+def test_a_run_from_before_held_out_splits_is_not_scored_on_its_training_images(tmp_path):
+    run = tmp_path / "old"
+    asvae_kit.build("mlp-vae", steps=1, device="cpu", **{"encoder.hidden": [8], "decoder.hidden": [8]}).fit(run_dir=run, progress=False)
+    config = json.loads((run / "config.json").read_text())
+    del config["holdout"]  # as asvae-kit 0.1 wrote it: it trained on every digit
+    (run / "config.json").write_text(json.dumps(config))
+    trainer = asvae_kit.load(run)
+    assert len(trainer.dataset) == 1797
+    with pytest.raises(asvae_kit.DataError, match="--split train"):
+        trainer.evaluate(["recon"])
