@@ -82,9 +82,6 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     import asvae_kit
-    from asvae_kit.images import interleave_rows, save_image_grid
-    from asvae_kit.splits import images_and_labels
-
     overrides = {**data_override(job["dataset"], job["data_dir"]), **job["overrides"]}
     trainer = asvae_kit.build(
         job["preset"], steps=job["steps"], seed=job["seed"], device="cpu", sample_every=0, log_every=100,
@@ -109,12 +106,28 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         "overrides": job["overrides"],
     }
     if job.get("images"):
-        images = Path(job["images"])
-        save_image_grid(trainer.sample(32, seed=0), images / f"{job['dataset']}-{job['model']}-samples.png", nrow=8, min_cell=28)
-        x, _ = images_and_labels(trainer.split_data("test").dataset, 16)
-        pairs = interleave_rows(x, trainer.reconstruct(x).cpu())
-        save_image_grid(pairs, images / f"{job['dataset']}-{job['model']}-reconstructions.png", nrow=8, min_cell=28)
+        draw_images(trainer, Path(job["images"]), f"{job['dataset']}-{job['model']}")
     return row
+
+
+def draw_images(trainer: Any, folder: Path, stem: str) -> None:
+    """32 samples, and 16 held-out images above their reconstructions, as two small PNGs."""
+    from asvae_kit.images import interleave_rows, save_image_grid
+    from asvae_kit.splits import images_and_labels
+
+    save_image_grid(trainer.sample(32, seed=0), folder / f"{stem}-samples.png", nrow=8, min_cell=56)
+    x, _ = images_and_labels(trainer.split_data("test").dataset, 16)
+    save_image_grid(interleave_rows(x, trainer.reconstruct(x).cpu()), folder / f"{stem}-reconstructions.png", nrow=8, min_cell=56)
+
+
+def redraw(results: Path, images: Path) -> None:
+    """Draw the seed-0 grids again from the saved comparison runs (no training)."""
+    import asvae_kit
+
+    for line in results.read_text().splitlines():
+        row = json.loads(line)
+        if row["study"] == "comparison" and row["seed"] == 0 and row["variant"] == "preset":
+            draw_images(asvae_kit.load(row["run_dir"], device="cpu"), images, f"{row['dataset']}-{row['model']}")
 
 
 def worker_main(job_json: str) -> int:
@@ -287,6 +300,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--nll-k", type=int, help="importance samples for nll (default 1000; smoke 8)")
     p.add_argument("--nll-n", type=int, default=256, help="held-out images for nll (default 256)")
     p.add_argument("--eval-size", type=int, help="held-out images for recon, fd and probe (default 2000; smoke 100)")
+    p.add_argument("--redraw", action="store_true", help="only draw the seed-0 grids again from the saved runs")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
 
@@ -303,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     args.eval_size = args.eval_size or (100 if smoke else 2000)
     images = None if smoke and not args.images else (args.images or str(ROOT / "docs" / "images"))
     out = Path(args.out)
+    if args.redraw:
+        redraw(out / "results.jsonl", Path(images or ROOT / "docs" / "images"))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     prepare_classifiers(args.datasets, args.data_dir, 200 if smoke else None)
