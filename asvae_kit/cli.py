@@ -245,7 +245,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = [parse_metric(m) for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     if not args.json:
         print(f"evaluating {args.run_dir} (step {trainer.step}) on the {args.split} split ...", file=sys.stderr)
-    results = trainer.evaluate(metrics, split=args.split)
+    from .evaluation import evaluate
+
+    report = None if args.json else (lambda message: print(f"  {message}", file=sys.stderr))
+    results = evaluate(trainer, metrics, args.split, report=report)
     if args.json:
         print(json.dumps(results.as_dict(), indent=2))
         return 0

@@ -106,8 +106,12 @@ def evaluate(
     metrics: str | Iterable[str | Mapping[str, Any]] | None = None,
     split: str = "test",
     data: Any = None,
+    report: Callable[[str], None] | None = None,
 ) -> Evaluation:
-    """Run ``metrics`` (default the config's) on up to ``eval_size`` images of ``split`` (or of ``data``)."""
+    """Run ``metrics`` (default the config's) on up to ``eval_size`` images of ``split`` (or of
+    ``data``); ``report`` is told how long each metric took."""
+    import time
+
     from .registry import get_registry
     from .splits import images_and_labels
 
@@ -131,10 +135,13 @@ def evaluate(
     trainer.eval_mode()
     with torch.no_grad():
         for name, fn, options in fns:
+            started = time.perf_counter()
             try:
                 values.update(_call(fn, trainer, images, options, supplied, name))
             except MetricNotApplicable as exc:
                 if explicit:
                     raise
                 notes[name] = str(exc)
+            if report:
+                report(f"{name}: {'n/a' if name in notes else 'done'} in {time.perf_counter() - started:.1f} s")
     return Evaluation(values, split=split, source=source, n_images=len(images), notes=notes)
