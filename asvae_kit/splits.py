@@ -94,9 +94,10 @@ def split_dataset(full: Any, entry: dict[str, Any], holdout: float, split: str) 
             f"{name} has no test split and no held-out images ({why}); evaluate with split='train' "
             "(--split train), or train with holdout > 0 (--set holdout=0.1)"
         )
+    why = f"training uses {name}'s test split" if "split" in entry else f"{name} has no test split"
     return DataSplit(
         _subset(full, held_idx, "held-out"), "test",
-        f"a held-out {len(held_idx) / n:.0%} slice of {where} ({len(held_idx)} of {n} images, never trained on; {name} has no test split)",
+        f"a held-out {len(held_idx) / n:.0%} slice of {where} ({len(held_idx)} of {n} images, never trained on; {why})",
     )
 
 
