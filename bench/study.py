@@ -255,12 +255,13 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, one thread per run"
 
 
-def report_study(rows: list[dict[str, Any]], args: argparse.Namespace, name: str, wall_min: float) -> None:
+def report_study(rows: list[dict[str, Any]], args: argparse.Namespace, name: str, wall_min: float | None) -> None:
     parts = [
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; {args.steps} steps per run, batch 64, "
         f"seeds {', '.join(map(str, range(args.seeds)))}; NLL with k = {args.nll_k} importance samples on {args.nll_n} "
-        f"held-out images; FD and probe on {args.eval_size} held-out images; whole study {wall_min:.0f} min "
-        f"(including evaluation) with {args.jobs} worker(s). Mean ± standard deviation over seeds.",
+        f"held-out images; FD and probe on {args.eval_size} held-out images; "
+        + (f"whole study {wall_min:.0f} min (including evaluation) with {args.jobs} worker(s). " if wall_min is not None else "")
+        + "Mean ± standard deviation over seeds.",
     ]
     for dataset in args.datasets:
         mine = [r for r in rows if r["dataset"] == dataset]
@@ -301,6 +302,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--nll-n", type=int, default=256, help="held-out images for nll (default 256)")
     p.add_argument("--eval-size", type=int, help="held-out images for recon, fd and probe (default 2000; smoke 100)")
     p.add_argument("--redraw", action="store_true", help="only draw the seed-0 grids again from the saved runs")
+    p.add_argument("--report", action="store_true", help="only rewrite the doc's tables from the runs already in results.jsonl")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
 
@@ -322,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    prepare_classifiers(args.datasets, args.data_dir, 200 if smoke else None)
+    if not (args.report or args.redraw):
+        prepare_classifiers(args.datasets, args.data_dir, 200 if smoke else None)
 
     study = "levers" if args.levers else ("smoke" if smoke else "comparison")
     jobs = []
@@ -341,13 +344,17 @@ def main(argv: list[str] | None = None) -> int:
                     "eval_size": args.eval_size, "nll_k": args.nll_k, "nll_n": args.nll_n,
                     "images": images if (seed == 0 and variant == "preset" and not args.levers) else None,
                 })
-    rows = run_jobs(jobs, out / "results.jsonl", args.jobs)
+    if args.report:
+        results = out / "results.jsonl"
+        rows = [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
+    else:
+        rows = run_jobs(jobs, out / "results.jsonl", args.jobs)
     rows = [r for r in rows if r["study"] == study]
     wall = (time.perf_counter() - started) / 60
     if args.levers:
         report_levers(rows, args)
     else:
-        report_study(rows, args, study, wall)
+        report_study(rows, args, study, None if args.report else wall)
     print(f"done in {wall:.1f} min; wrote {args.doc}", file=sys.stderr)
     return 0
 
