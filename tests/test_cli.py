@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import asvae_kit
 from asvae_kit.cli import main
 
 
@@ -33,7 +34,7 @@ def test_errors_are_one_line_without_traceback(capsys):
     assert main(["describe", "asvea"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Did you mean 'asvae'" in err and "Traceback" not in err
-    with pytest.raises(Exception):
+    with pytest.raises(asvae_kit.UnknownComponentError):  # --debug lets the real exception through
         main(["--debug", "describe", "asvea"])
 
 

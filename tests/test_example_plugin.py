@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from plugin_helpers import install_plugin
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "asvae-kit-example-plugin"
 
 
@@ -46,10 +48,7 @@ def test_installed_package_is_listed_described_and_built(site):
 
 def test_a_second_package_whose_import_raises_leaves_every_command_working(site, tmp_path):
     broken = tmp_path / "broken"
-    (broken / "broken_pkg-1.0.dist-info").mkdir(parents=True)
-    (broken / "broken_pkg-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-pkg\nVersion: 1.0\n")
-    (broken / "broken_pkg-1.0.dist-info" / "entry_points.txt").write_text("[asvae_kit]\nbroken = broken_mod\n")
-    (broken / "broken_mod.py").write_text("raise RuntimeError('broken on purpose')\n")
+    install_plugin(broken, dist="broken-pkg", module="broken_mod", source="raise RuntimeError('broken on purpose')\n", entry_name="broken", version="1.0")
     plugins = _run(site, "plugins", "--json", extra_path=[broken])
     assert plugins.returncode == 0, plugins.stderr
     records = {r["name"]: r for r in json.loads(plugins.stdout)}
