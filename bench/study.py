@@ -276,8 +276,9 @@ def report_study(rows: list[dict[str, Any]], args: argparse.Namespace, name: str
 def report_levers(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     text = (
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; mlp-asvae variants on {args.datasets[0]}, "
-        f"{args.steps} steps, seeds {', '.join(map(str, range(args.seeds)))}, each against the preset; the plain VAE "
-        "and ALI at the same budget for reference.\n\n"
+        f"{args.steps} steps, seeds {', '.join(map(str, range(args.seeds)))}, each against the preset; the VAE, AVB "
+        "and ALI presets at the same budget for reference. NLL is in nats of each model's own likelihood, so the "
+        "Gaussian-likelihood row (a density on continuous pixels) is not comparable with the Bernoulli rows.\n\n"
         + table(rows, "variant")
     )
     replace_section(Path(args.doc), "levers", text)
