@@ -12,9 +12,6 @@ SIGTERM/SIGINT finish the step and save before stopping.
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
-import math
 import os
 import sys
 import time
@@ -31,10 +28,11 @@ from .distributed import average_gradients, broadcast_parameters, context_from_e
 from .divergence import JointBatch, check_head_count
 from .checkpoint import MODEL_FILE, STATE_FILE, read_checkpoint, write_checkpoint
 from .errors import AsvaeKitError, CheckpointError, ConfigError
-from .fileio import atomic_write_text, remove_stale_temporaries
+from .fileio import remove_stale_temporaries
 from .guard import DivergenceGuard
-from .images import interleave_rows, save_image_grid, slerp
+from .images import slerp
 from .rundir import RunLock
+from .runfiles import CONFIG_FILE, METRICS_FILE, MetricsFile, write_config, write_grids
 from .signals import StopSignals, TrainingStopped
 from .splits import DataSplit
 
@@ -43,8 +41,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Trainer", "TrainingDivergedError", "CONFIG_FILE", "MODEL_FILE", "STATE_FILE", "METRICS_FILE"]
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.csv"
 GRID_SIZE = 64
 RECON_PAIRS = 32
 
@@ -127,7 +123,7 @@ class Trainer:
         self._last_saved_step: int | None = None
         self._time_before = 0.0  # training seconds logged before this fit() call
         self.run_id = uuid.uuid4().hex  # tags every checkpoint of this run (load keeps the saved one)
-        self._csv_columns: list[str] | None = None
+        self._metrics_file = MetricsFile()
 
     # ------------------------------------------------------------------------------------------
     # data
@@ -263,7 +259,7 @@ class Trainer:
                 stale = self.run_dir / METRICS_FILE
                 if self.step == 0 and stale.exists():  # left by a run that died before its first checkpoint
                     stale.unlink()
-                    self._csv_columns = None
+                    self._metrics_file.reset()
                 self._write_config()
             self._train_until(total, stream, writes, log_every, sample_every, ckpt_every, progress, stop)
         return self
@@ -345,21 +341,8 @@ class Trainer:
         self._pending = {}
         self.history.append(row)
         if self.run_dir is not None and self.dist.is_main:
-            self._append_csv(row)
+            self._metrics_file.append(self.run_dir, row)  # type: ignore[arg-type]
         return row
-
-    def _append_csv(self, row: dict[str, float]) -> None:
-        path = self.run_dir / METRICS_FILE  # type: ignore[operator]
-        if self._csv_columns is None:
-            if path.exists() and path.stat().st_size > 0:
-                with open(path, newline="") as f:
-                    self._csv_columns = next(csv.reader(f), None)
-            if not self._csv_columns:
-                self._csv_columns = list(row)
-                with open(path, "w", newline="") as f:
-                    csv.writer(f).writerow(self._csv_columns)
-        with open(path, "a", newline="") as f:
-            csv.writer(f).writerow([_fmt(row.get(c)) for c in self._csv_columns])
 
     # ------------------------------------------------------------------------------------------
     # inference
@@ -428,20 +411,11 @@ class Trainer:
 
     def save_grids(self, run_dir: str | os.PathLike) -> None:
         """Write the fixed-noise sample grid and the data/reconstruction grid for this step."""
-        run_dir = Path(run_dir)
-        samples = self.sample(GRID_SIZE, z=self.fixed_z)
-        save_image_grid(samples, run_dir / "images" / f"samples_{self.step:07d}.png")
-        save_image_grid(samples, run_dir / "samples.png")
-        if self._recon_images is not None:
-            x = self._recon_images[:RECON_PAIRS]
-            pairs = interleave_rows(x, self.reconstruct(x))  # 8 originals, then their 8 reconstructions
-            save_image_grid(pairs, run_dir / "images" / f"reconstructions_{self.step:07d}.png", nrow=8)
-            save_image_grid(pairs, run_dir / "reconstructions.png", nrow=8)
+        x = self._recon_images[:RECON_PAIRS] if self._recon_images is not None else None
+        write_grids(Path(run_dir), self.step, self.sample(GRID_SIZE, z=self.fixed_z), x, self.reconstruct(x) if x is not None else None)
 
     def _write_config(self) -> None:
-        config = dict(self.config)
-        config["data_shape"] = list(self.data_shape)
-        atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")  # type: ignore[operator]
+        write_config(self.run_dir, self.config, self.data_shape)  # type: ignore[arg-type]
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """All network weights, flat, prefixed ``encoder.``/``decoder.``/``discriminator.``."""
@@ -509,11 +483,3 @@ class Trainer:
             self.history = list(state.get("history", []))
             self._last_saved_step = self.step
         self.run_dir = run_dir
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.6g}"
-    return str(value)

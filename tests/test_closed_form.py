@@ -31,8 +31,7 @@ import torch
 import asvae_kit
 from asvae_kit.divergence import MEAN, SOFTPLUS, SOFTPLUS_NEG, JointBatch, head_statistics
 from linear_gaussian import (
-    CHUNK, CHUNKS, D_X, D_Z, DECODER, DISTRIBUTION, ENCODER, ENTRY_POINT, MU, PLUGIN_MODULE, SIGMA_CHOL, Z,
-    data_params, generator_params, make_trainer, sample_data,
+    CHUNK, CHUNKS, D_X, D_Z, DISTRIBUTION, ENTRY_POINT, Z, data_params, generator_params, make_trainer, sample_data,
 )
 
 # ------------------------------------------------------------------------------------------------
