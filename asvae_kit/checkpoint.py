@@ -5,7 +5,7 @@ weights) and ``trainer_state.pt`` (optimizers, RNG and data-stream state, histor
 with the step and the run's id.  It is written under a temporary name, flushed, renamed into
 place, and only then does ``RUN/latest`` (one line: the folder's name) switch to it; so a process
 killed at any moment leaves ``latest`` naming a complete checkpoint.  ``RUN/model.safetensors`` is
-a copy of the newest weights for people and tools that want one file; loading never reads it
+a hard link to (or copy of) the newest weights for people and tools that want one file; loading never reads it
 when ``latest`` exists.  The last ``keep`` checkpoints are kept.
 
 Runs written by asvae-kit 0.1 kept both files at the top of the run directory, replaced one after
@@ -77,6 +77,17 @@ def _free_name(root: Path, step: int) -> str:
     return name
 
 
+def _expose_weights(source: Path, target: Path) -> None:
+    """Put the newest weights at ``target`` for people and tools: a hard link to the checkpoint's
+    file (no second write), or an atomic copy where the file system has no hard links."""
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
 def write_checkpoint(run_dir: Path, *, step: int, run_id: str, tensors: dict[str, torch.Tensor], state: dict[str, Any], keep: int) -> Path:
     """Write one checkpoint and switch ``latest`` to it; return its folder.
 
@@ -101,8 +112,7 @@ def write_checkpoint(run_dir: Path, *, step: int, run_id: str, tensors: dict[str
         _fsync_dir(root)
         atomic_write_text(run_dir / LATEST_FILE, name + "\n")
         _fsync_dir(run_dir)
-        with atomic_path(run_dir / MODEL_FILE) as copy:  # the newest weights, for people and tools
-            shutil.copyfile(root / name / MODEL_FILE, copy)
+        _expose_weights(root / name / MODEL_FILE, run_dir / MODEL_FILE)
     except (OSError, RuntimeError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         previous = (run_dir / LATEST_FILE).read_text().strip() if (run_dir / LATEST_FILE).is_file() else None

@@ -84,6 +84,22 @@ def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> f
     return correct / max(len(labels), 1)
 
 
+def _load_cached(model: FeatureClassifier, path: Path) -> float | None:
+    """Load a cached classifier into ``model``; its training accuracy, or None when there is no
+    usable entry (a missing or corrupt one is retrained and rewritten)."""
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        model.load_state_dict(load_file(str(path)))
+        accuracy = float(json.loads(path.with_suffix(".json").read_text())["train_accuracy"])
+    except Exception:
+        return None
+    model.eval()
+    return accuracy
+
+
 def project_classifier(
     images: torch.Tensor, labels: torch.Tensor, *, seed: int = 0, steps: int | None = None, cache: bool = True, progress=None
 ) -> ClassifierInfo:
@@ -103,24 +119,15 @@ def project_classifier(
     data_shape = tuple(int(v) for v in images.shape[1:])
     key = _data_key(images, labels, recipe, seed)
     path = cache_dir() / f"{key[:32]}.safetensors"
-    model = FeatureClassifier(data_shape, num_classes, RECIPE["width"], RECIPE["features"])
-    if cache and path.is_file():
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-            meta = json.loads((path.with_suffix(".json")).read_text())
-            model.load_state_dict(state)
-            model.eval()
-            return ClassifierInfo(model, key, path, float(meta["train_accuracy"]), cached=True)
-        except Exception:  # a corrupt cache entry is retrained and rewritten
-            pass
-    if progress:
-        progress(f"training the project classifier on {len(images)} images ({recipe['steps']} steps; cached afterwards)")
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(seed)
         model = FeatureClassifier(data_shape, num_classes, RECIPE["width"], RECIPE["features"])
+        cached_accuracy = _load_cached(model, path) if cache else None
+        if cached_accuracy is not None:
+            return ClassifierInfo(model, key, path, cached_accuracy, cached=True)
+        if progress:
+            progress(f"training the project classifier on {len(images)} images ({recipe['steps']} steps; cached afterwards)")
         optimizer = torch.optim.Adam(model.parameters(), lr=RECIPE["lr"])
         model.train()
         x_all, y_all = images.float().cpu(), labels.cpu()

@@ -222,7 +222,7 @@ def _load_for_inference(args: argparse.Namespace):
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from .images import interleave_rows, save_image_grid
-    from .splits import images_and_labels
+    from .data import images_and_labels
 
     trainer = _load_for_inference(args)
     if args.interpolate:
@@ -239,14 +239,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import parse_metric
+    from .evaluation import evaluate, parse_metric
 
     trainer = _load_for_inference(args)
     metrics = [parse_metric(m) for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     if not args.json:
         print(f"evaluating {args.run_dir} (step {trainer.step}) on the {args.split} split ...", file=sys.stderr)
-    from .evaluation import evaluate
-
     report = None if args.json else (lambda message: print(f"  {message}", file=sys.stderr))
     results = evaluate(trainer, metrics, args.split, report=report)
     if args.json:
@@ -331,7 +329,7 @@ def _print_description(info: dict[str, Any]) -> None:
 def _cmd_plugins(args: argparse.Namespace) -> int:
     import warnings
 
-    from .plugin_manager import _strict, load_plugins
+    from .plugin_manager import load_plugins, strict_mode
     from .registry import Registry
 
     registry = Registry()  # loaded leniently even in strict mode: this command reports failures
@@ -339,7 +337,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore")
         load_plugins(registry, strict=False)
     records = [r.as_dict() for r in registry.plugins]
-    if _strict() and any(r["status"] != "ok" for r in records) and not args.json:
+    if strict_mode() and any(r["status"] != "ok" for r in records) and not args.json:
         print("note: ASVAE_KIT_STRICT_PLUGINS=1 is set, so the failures below stop every other command", file=sys.stderr)
     if args.json:
         print(json.dumps(records, indent=2))

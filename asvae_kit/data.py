@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .errors import DataError
 
-__all__ = ["ImageDataset", "check_images", "BatchStream", "first_images"]
+__all__ = ["ImageDataset", "check_images", "BatchStream", "first_images", "images_and_labels"]
 
 
 def check_images(images: torch.Tensor, what: str, data_shape: Sequence[int] | None = None) -> torch.Tensor:
@@ -203,10 +203,6 @@ class BatchStream:
 
 def first_images(source: Any, n: int) -> torch.Tensor:
     """The first ``n`` images of a dataset / loader / tensor, for fixed reconstruction grids."""
-    if isinstance(source, torch.Tensor):
-        return source[:n].float()
-    if isinstance(source, ImageDataset):
-        return source.images[:n]
     if isinstance(source, (DataLoader, IterableDataset)):
         out, got = [], 0
         for batch in source if isinstance(source, DataLoader) else DataLoader(source, batch_size=n):
@@ -218,7 +214,21 @@ def first_images(source: Any, n: int) -> torch.Tensor:
         if not out:
             raise DataError("the data yields no images")
         return torch.cat(out)[:n].float()
-    items = [_images_of(source[i]) for i in range(min(n, len(source)))]
-    if not items:
-        raise DataError("the dataset is empty")
-    return torch.stack(items).float()
+    return images_and_labels(source, n)[0]
+
+
+def images_and_labels(dataset: Any, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first ``n`` images (all when ``None``) of a data set, with their labels when it has any."""
+    if isinstance(dataset, torch.Tensor):
+        return dataset[:n].float(), None
+    if isinstance(dataset, ImageDataset):
+        labels = dataset.labels[:n] if dataset.labels is not None else None
+        return dataset.images[:n], labels
+    count = len(dataset) if n is None else min(n, len(dataset))
+    if count == 0:
+        raise DataError("the data set is empty")
+    items = [dataset[i] for i in range(count)]
+    images = torch.stack([_images_of(item) for item in items]).float()
+    labelled = all(isinstance(item, (tuple, list)) and len(item) > 1 for item in items)
+    labels = torch.as_tensor([int(item[1]) for item in items]) if labelled else None
+    return images, labels

@@ -113,7 +113,7 @@ def evaluate(
     import time
 
     from .registry import get_registry
-    from .splits import images_and_labels
+    from .data import images_and_labels
 
     explicit = metrics is not None
     specs = trainer.config["metrics"] if metrics is None else ([metrics] if isinstance(metrics, (str, Mapping)) else list(metrics))

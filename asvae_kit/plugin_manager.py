@@ -23,7 +23,7 @@ from .errors import PluginError
 from .names import is_valid_name
 from .registry import ComponentEntry, PluginRecord, Registry
 
-__all__ = ["load_plugins", "BUILTIN_MODULES", "ENTRY_POINT_GROUP", "PluginLoadWarning"]
+__all__ = ["load_plugins", "strict_mode", "BUILTIN_MODULES", "ENTRY_POINT_GROUP", "PluginLoadWarning"]
 
 ENTRY_POINT_GROUP = "asvae_kit"
 
@@ -43,7 +43,7 @@ class PluginLoadWarning(UserWarning):
     """A plugin was skipped because it failed to load; see ``asvae-kit plugins``."""
 
 
-def _strict() -> bool:
+def strict_mode() -> bool:
     return os.environ.get("ASVAE_KIT_STRICT_PLUGINS", "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -181,7 +181,7 @@ def load_plugins(registry: Registry, *, strict: bool | None = None) -> pluggy.Pl
     """Fill ``registry`` from the built-ins and the allowed entry points; return the manager.
 
     ``strict`` (default: ``ASVAE_KIT_STRICT_PLUGINS``) makes a failing plugin an error."""
-    strict = _strict() if strict is None else strict
+    strict = strict_mode() if strict is None else strict
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
     version = _package_version()

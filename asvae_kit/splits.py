@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .data import ImageDataset, _images_of
+from .data import ImageDataset
 from .errors import ConfigError, DataError
 
-__all__ = ["SPLITS", "HOLDOUT_SEED", "DataSplit", "has_test_split", "holdout_indices", "split_dataset", "images_and_labels"]
+__all__ = ["SPLITS", "HOLDOUT_SEED", "DataSplit", "has_test_split", "holdout_indices", "split_dataset"]
 
 SPLITS = ("train", "test")
 
@@ -99,20 +99,3 @@ def split_dataset(full: Any, entry: dict[str, Any], holdout: float, split: str) 
         _subset(full, held_idx, "held-out"), "test",
         f"a held-out {len(held_idx) / n:.0%} slice of {where} ({len(held_idx)} of {n} images, never trained on; {why})",
     )
-
-
-def images_and_labels(dataset: Any, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The first ``n`` images (all when ``None``) of a data set, with their labels when it has any."""
-    if isinstance(dataset, torch.Tensor):
-        return dataset[:n].float(), None
-    if isinstance(dataset, ImageDataset):
-        labels = dataset.labels[:n] if dataset.labels is not None else None
-        return dataset.images[:n], labels
-    count = len(dataset) if n is None else min(n, len(dataset))
-    if count == 0:
-        raise DataError("the data set is empty")
-    items = [dataset[i] for i in range(count)]
-    images = torch.stack([_images_of(item) for item in items]).float()
-    labelled = all(isinstance(item, (tuple, list)) and len(item) > 1 for item in items)
-    labels = torch.as_tensor([int(item[1]) for item in items]) if labelled else None
-    return images, labels

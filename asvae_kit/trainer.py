@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import time
 import uuid
@@ -175,7 +176,7 @@ class Trainer:
             return terms
         for _ in range(self.config["optim"]["n_critic"]):
             d_loss, terms = self.divergence.discriminator_loss(self.discriminator, batch)
-            self._check_loss(d_loss, "discriminator loss", terms)
+            self._check_loss(d_loss, "d_loss", terms)
             self.disc_optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
             d_loss.backward()
             average_gradients(self.discriminator.parameters(), self.dist)
@@ -188,7 +189,7 @@ class Trainer:
             self.discriminator.requires_grad_(False)
         try:
             g_loss, terms = self.divergence.generator_loss(self.discriminator, batch)
-            self._check_loss(g_loss, "encoder/decoder loss", terms)
+            self._check_loss(g_loss, "g_loss", terms)
             self.gen_optimizer.zero_grad(set_to_none=True)
             g_loss.backward()
             average_gradients((p for group in self.gen_optimizer.param_groups for p in group["params"]), self.dist)
@@ -209,9 +210,10 @@ class Trainer:
         self.step += 1
         return diagnostics
 
-    def _check_loss(self, loss: torch.Tensor, what: str, terms: dict[str, torch.Tensor]) -> None:
-        """Raise ``TrainingDivergedError`` when ``loss`` is NaN/inf or has blown up (``DivergenceGuard``)."""
-        term = "d_loss" if what.startswith("discriminator") else "g_loss"
+    def _check_loss(self, loss: torch.Tensor, term: str, terms: dict[str, torch.Tensor]) -> None:
+        """Raise ``TrainingDivergedError`` when ``loss`` (``d_loss`` or ``g_loss``) is NaN/inf or has
+        blown up (``DivergenceGuard``)."""
+        what = {"d_loss": "discriminator loss", "g_loss": "encoder/decoder loss"}[term]
         why = self._guard.check(term, float(loss.detach()))
         if why is None:
             return
@@ -296,8 +298,6 @@ class Trainer:
             self.save(self.run_dir)  # first: nothing after training may cost the model
             self._save_grids_or_warn()
         if stop.received is not None:
-            import signal
-
             name = signal.Signals(stop.received).name
             where = f"; checkpoint saved to {self.run_dir} (resume with `asvae-kit train --resume --out {self.run_dir}`)" if writes else ""
             raise TrainingStopped(stop.received, f"{name}: training stopped after step {self.step}{where}")

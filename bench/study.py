@@ -113,7 +113,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 def draw_images(trainer: Any, folder: Path, stem: str) -> None:
     """32 samples, and 16 held-out images above their reconstructions, as two small PNGs."""
     from asvae_kit.images import interleave_rows, save_image_grid
-    from asvae_kit.splits import images_and_labels
+    from asvae_kit.data import images_and_labels
 
     save_image_grid(trainer.sample(32, seed=0), folder / f"{stem}-samples.png", nrow=8, min_cell=56)
     x, _ = images_and_labels(trainer.split_data("test").dataset, 16)
@@ -177,7 +177,7 @@ def prepare_classifiers(datasets: list[str], data_dir: str, steps: int | None) -
 
     import asvae_kit
     from asvae_kit.classifier import project_classifier
-    from asvae_kit.splits import images_and_labels
+    from asvae_kit.data import images_and_labels
 
     for dataset in datasets:
         trainer = asvae_kit.build("mlp-vae", steps=0, device="cpu", **data_override(dataset, data_dir))

@@ -93,7 +93,7 @@ def nll(trainer, data: torch.Tensor, *, k: int = 1000, n: int = 256, batch: int 
     data = data[:n]
     per_image = []
     images_per_pass = max(1, batch // k)
-    samples_per_pass = max(1, batch // max(1, len(data[:images_per_pass])))
+    samples_per_pass = max(1, batch // min(images_per_pass, len(data)))
     for x in data.split(images_per_pass):
         posterior = _explicit_posterior(trainer, x)
         log_w = []
@@ -134,7 +134,7 @@ def elbo_bound(trainer, data: torch.Tensor) -> dict[str, float]:
 
 
 def _training_split(trainer, what: str):
-    from asvae_kit.splits import images_and_labels
+    from asvae_kit.data import images_and_labels
 
     if trainer.config["data"].get("name") is None:
         raise MetricNotApplicable(f"{what} needs the configured data set's labelled training split, and this trainer has none (data=None)")
@@ -201,8 +201,9 @@ def probe(trainer, data: torch.Tensor, *, labels: torch.Tensor | None = None, ma
     def codes(x: torch.Tensor):
         return torch.cat([trainer.encode(c.to(trainer.device)).cpu() for c in _chunks(x)]).double().numpy()
 
-    scaler = StandardScaler().fit(codes(images[idx]))
-    model = LogisticRegression(max_iter=2000).fit(scaler.transform(codes(images[idx])), train_labels[idx].numpy())
+    train_codes = codes(images[idx])
+    scaler = StandardScaler().fit(train_codes)
+    model = LogisticRegression(max_iter=2000).fit(scaler.transform(train_codes), train_labels[idx].numpy())
     accuracy = float((model.predict(scaler.transform(codes(data))) == labels.cpu().numpy()).mean())
     return {"probe_acc": accuracy}
 
