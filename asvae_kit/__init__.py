@@ -45,9 +45,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "list_components": ("registry", "list_components"),
-    "describe": ("registry", "describe"),
-    "build_component": ("registry", "build_component"),
+    "list_components": ("plugin_manager", "list_components"),
+    "describe": ("plugin_manager", "describe"),
+    "build_component": ("plugin_manager", "build_component"),
     "build": ("builder", "build"),
     "load": ("builder", "load"),
     "Trainer": ("trainer", "Trainer"),
@@ -57,7 +57,7 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from . import distributions
     from .builder import build, load
-    from .registry import build_component, describe, list_components
+    from .plugin_manager import build_component, describe, list_components
     from .trainer import Trainer
 
 

@@ -1,4 +1,11 @@
-"""``build`` (preset + overrides -> Trainer) and ``load`` (run directory -> Trainer)."""
+"""Where names become objects: ``build`` (preset + overrides -> Trainer), ``load`` (run directory
+-> Trainer) and ``build_entry`` (one config entry -> its component).
+
+The config is resolved and checked first (``asvae_kit.config``); then the data set (when the
+image shape must be read from it), the divergence, the networks (on their device, replicas
+synchronised), the optimizers and the data splits are built here and handed to the ``Trainer``,
+which only runs them.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +18,33 @@ from typing import Any, Mapping
 import torch
 
 from .config import resolve_config
+from .distributed import broadcast_parameters, context_from_env, resolve_device
 from .errors import CheckpointError, ConfigError
-from .registry import build_entry
-from .trainer import CONFIG_FILE, Trainer
+from .optimizers import make_optimizers
+from .plugin_manager import get_registry
+from .rundir import CONFIG_FILE
+from .splits import ConfiguredData
+from .trainer import Trainer
 
-__all__ = ["build", "build_from_config", "load", "LOAD_OVERRIDES", "DEFAULT_PRESET"]
+__all__ = ["build", "build_from_config", "build_entry", "load", "LOAD_OVERRIDES", "DEFAULT_PRESET"]
 
 #: The preset ``build()`` and ``asvae-kit train`` use when none is named.
 DEFAULT_PRESET = "resnet-asvae"
 
 
+def build_entry(kind: str, entry: dict[str, Any], **context: Any) -> Any:
+    """The component of a resolved config ``entry`` (``{"name": ..., **config}``, its keys already
+    checked by ``validate_config``), its factory given the builder's ``context`` too."""
+    factory = get_registry().get(kind, entry["name"]).factory
+    return factory(**context, **{k: v for k, v in entry.items() if k != "name"})
+
+
 def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer:
-    """Build every component of a resolved ``config`` and wrap them in a ``Trainer``.
+    """Build every component of a resolved ``config`` and hand them to a ``Trainer``.
 
     The dataset is built first when ``config['data_shape']`` is unset, since the networks need
-    the image shape; ``data_shape`` is then recorded in the config.
+    the image shape; ``data_shape`` is then recorded in the config.  Otherwise it is built when
+    the trainer first asks for it.
     """
     if config["data_shape"] is None:
         if dataset is None:
@@ -35,25 +54,37 @@ def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer
             raise ConfigError(f"dataset {config['data']['name']!r} has no data_shape attribute (DESIGN.md §2)")
         config["data_shape"] = [int(v) for v in shape]
     data_shape = tuple(config["data_shape"])
-    latent_dim = config["latent_dim"]
+    context = {"data_shape": data_shape, "latent_dim": config["latent_dim"]}
 
     torch.manual_seed(config["seed"])
     divergence = build_entry("divergence", config["divergence"])
     num_heads = int(getattr(divergence, "num_heads", 0))
-    context = {"data_shape": data_shape, "latent_dim": latent_dim}
     encoder = build_entry("encoder", config["encoder"], **context)
     decoder = build_entry("decoder", config["decoder"], **context)
-    discriminator = None
-    if num_heads > 0:
-        discriminator = build_entry("discriminator", config["discriminator"], num_heads=num_heads, **context)
+    discriminator = build_entry("discriminator", config["discriminator"], num_heads=num_heads, **context) if num_heads > 0 else None
+
+    dist = context_from_env()
+    device = resolve_device(config["device"], dist)
+    networks = [m.to(device) for m in (encoder, decoder, discriminator) if m is not None]
+    broadcast_parameters(networks, dist)
+    gen_optimizer, disc_optimizer = make_optimizers(config["optim"], encoder, decoder, discriminator)
+    data = None
+    if config["data"].get("name") is not None:
+        entry = config["data"]
+        factory = get_registry().get("dataset", entry["name"]).factory
+        data = ConfiguredData(entry, config["holdout"], lambda e: build_entry("dataset", e), factory, full=dataset)
     return Trainer(
         config,
         encoder=encoder,
         decoder=decoder,
         discriminator=discriminator,
         divergence=divergence,
+        gen_optimizer=gen_optimizer,
+        disc_optimizer=disc_optimizer,
         data_shape=data_shape,
-        dataset=dataset,
+        device=device,
+        dist=dist,
+        data=data,
     )
 
 

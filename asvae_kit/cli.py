@@ -196,7 +196,8 @@ def _check_data_dir_applies(args: argparse.Namespace) -> None:
         return
     from .builder import DEFAULT_PRESET
     from .config import resolve_config
-    from .registry import factory_config_defaults, get_registry
+    from .plugin_manager import get_registry
+    from .registry import factory_config_defaults
 
     name = args.data or resolve_config(args.preset or DEFAULT_PRESET)["data"]["name"]
     defaults, accepts_any = factory_config_defaults(get_registry().get("dataset", name).factory)
@@ -239,7 +240,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate, parse_metric
+    from .config import parse_metric
+    from .evaluation import evaluate
 
     trainer = _load_for_inference(args)
     metrics = [parse_metric(m) for m in args.metrics.split(",") if m.strip()] if args.metrics else None
@@ -260,7 +262,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from .names import KINDS
-    from .registry import get_registry
+    from .plugin_manager import get_registry
 
     registry = get_registry()
     kinds = [args.kind] if args.kind else list(KINDS)
@@ -294,7 +296,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_describe(args: argparse.Namespace) -> int:
     from .names import KINDS
-    from .registry import describe, get_registry
+    from .plugin_manager import describe, get_registry
 
     registry = get_registry()
     kinds = [args.kind] if args.kind else [k for k in KINDS if registry.provider_of(k, args.name) is not None]

@@ -12,22 +12,19 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from typing import Any, Mapping
 
+from .checks import check_bool, check_int, check_number, is_int, is_number
 from .errors import ConfigError
-from .names import article, close_matches
+from .names import KINDS, article, did_you_mean
+from .plugin_manager import get_registry
+from .registry import check_config_keys
 
-__all__ = ["COMPONENT_KINDS", "DEFAULTS", "OPTIM_DEFAULTS", "resolve_config", "apply_overrides", "parse_value", "validate_config"]
+__all__ = ["COMPONENT_KINDS", "DEFAULTS", "OPTIM_DEFAULTS", "resolve_config", "apply_overrides", "parse_value", "parse_metric", "validate_config"]
 
-#: config key -> component kind
-COMPONENT_KINDS = {
-    "encoder": "encoder",
-    "decoder": "decoder",
-    "discriminator": "discriminator",
-    "divergence": "divergence",
-    "data": "dataset",
-}
+#: config key -> component kind, for the kinds a config names one of (its data set under "data");
+#: presets and metrics are not config entries.
+COMPONENT_KINDS = {("data" if kind == "dataset" else kind): kind for kind in KINDS if kind not in ("preset", "metric")}
 
 OPTIM_DEFAULTS: dict[str, Any] = {"lr": 2e-4, "betas": [0.5, 0.999], "n_critic": 1, "disc_lr": None, "weight_decay": 0.0}
 
@@ -71,9 +68,7 @@ def _entry(value: Any, key: str) -> dict[str, Any]:
 
 
 def _unknown_key(key: str, known: Any, where: str) -> ConfigError:
-    hint = close_matches(key, known)
-    extra = f" Did you mean {hint[0]!r}?" if hint else ""
-    return ConfigError(f"unknown config key {key!r}{where}.{extra} Known keys: {', '.join(sorted(known))}.")
+    return ConfigError(f"unknown config key {key!r}{where}.{did_you_mean(key, known)} Known keys: {', '.join(sorted(known))}.")
 
 
 def apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -119,32 +114,41 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def _positive_int(config: dict[str, Any], key: str, allow_zero: bool = False) -> None:
-    v = config[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v < (0 if allow_zero else 1):
-        raise ConfigError(f"config {key!r} must be a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
+def parse_metric(spec: str | Mapping[str, Any]) -> dict[str, Any]:
+    """``"nll"``, ``"nll:k=100:n=64"`` or ``{"name": "nll", "k": 100}`` -> ``{"name": ..., **options}``."""
+    if isinstance(spec, Mapping):
+        if not isinstance(spec.get("name"), str):
+            raise ConfigError(f"a metric entry needs a 'name', got {dict(spec)!r}")
+        return dict(spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"a metric is a name like 'fd' or 'nll:k=100', got {spec!r}")
+    name, *pairs = spec.strip().split(":")
+    entry: dict[str, Any] = {"name": name.strip()}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"metric {spec!r}: options are KEY=VALUE after ':' (e.g. 'nll:k=100'), got {pair!r}")
+        entry[key.strip()] = parse_value(value.strip())
+    return entry
 
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Check types and component keys; return ``config`` (raises ``ConfigError``)."""
-    from .registry import check_config_keys, get_registry
-
     for key in config:
         if key not in DEFAULTS:
             raise _unknown_key(key, DEFAULTS, "")
     for key in ("latent_dim", "batch_size", "keep_checkpoints"):
-        _positive_int(config, key)
+        check_int(config[key], f"config {key!r}")
     for key in ("steps", "log_every", "sample_every", "checkpoint_every", "seed"):
-        _positive_int(config, key, allow_zero=True)
+        check_int(config[key], f"config {key!r}", minimum=0)
     if config["eval_size"] is not None:
-        _positive_int(config, "eval_size")
-    if not isinstance(config["sample_x"], bool):
-        raise ConfigError(f"config 'sample_x' must be true or false, got {config['sample_x']!r}")
+        check_int(config["eval_size"], "config 'eval_size'")
+    check_bool(config["sample_x"], "config 'sample_x'")
     if not isinstance(config["device"], str):
         raise ConfigError(f"config 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {config['device']!r}")
     if config["data_shape"] is not None:
         ds = config["data_shape"]
-        if not isinstance(ds, (list, tuple)) or len(ds) != 3 or not all(isinstance(v, int) and v > 0 for v in ds):
+        if not isinstance(ds, (list, tuple)) or len(ds) != 3 or not all(is_int(v) and v > 0 for v in ds):
             raise ConfigError(f"config 'data_shape' must be [C, H, W] of positive integers or null, got {ds!r}")
         config["data_shape"] = list(ds)
     if config["data"].get("name") is None and config["data_shape"] is None:
@@ -153,14 +157,15 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(metrics, list) or not all(isinstance(m, (str, dict)) for m in metrics):
         raise ConfigError(f"config 'metrics' must be a list of metric names (or {{'name': ..., **options}}), got {metrics!r}")
     factor = config["diverge_factor"]
-    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (factor == 0 or factor > 1) or not math.isfinite(factor)):
-        raise ConfigError(f"config 'diverge_factor' must be 0 (off) or a number > 1 (stop when a loss grows past that many times its running median), got {factor!r}")
-    holdout = config["holdout"]
-    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
-        raise ConfigError(
-            f"config 'holdout' is the fraction of a data set without a test split kept out of training for "
-            f"evaluation, a number in [0, 1); got {holdout!r}"
+    if factor is not None and factor != 0:
+        check_number(
+            factor, "config 'diverge_factor'", low=1, low_inclusive=False,
+            expected="0 (off) or a number > 1 (stop when a loss grows past that many times its running median)",
         )
+    check_number(
+        config["holdout"], "config 'holdout'", low=0, high=1,
+        expected="the fraction of a data set without a test split kept out of training for evaluation, a number in [0, 1)",
+    )
 
     optim = config["optim"]
     if not isinstance(optim, dict):
@@ -170,18 +175,14 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             raise _unknown_key(key, OPTIM_DEFAULTS, " in 'optim'")
     optim = config["optim"] = {**OPTIM_DEFAULTS, **optim}
     for key in ("lr", "disc_lr"):
-        v = optim[key]
-        if v is None and key == "disc_lr":
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
-            raise ConfigError(f"config 'optim.{key}' must be a positive number, got {v!r}")
+        if optim[key] is not None or key == "lr":
+            check_number(optim[key], f"config 'optim.{key}'", low=0, low_inclusive=False)
     betas = optim["betas"]
-    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(is_number(b) and 0 <= b < 1 for b in betas):
         raise ConfigError(f"config 'optim.betas' must be two numbers in [0, 1), got {betas!r}")
     optim["betas"] = [float(b) for b in betas]
-    n_critic = optim["n_critic"]
-    if isinstance(n_critic, bool) or not isinstance(n_critic, int) or n_critic < 1:
-        raise ConfigError(f"config 'optim.n_critic' must be a positive integer, got {n_critic!r}")
+    check_int(optim["n_critic"], "config 'optim.n_critic'")
+    check_number(optim["weight_decay"], "config 'optim.weight_decay'", low=0)
 
     registry = get_registry()
     for key, kind in COMPONENT_KINDS.items():
@@ -191,8 +192,6 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         component = registry.get(kind, entry["name"])
         entry["name"] = component.name  # aliases resolve to the registered name
         check_config_keys(component, {k: v for k, v in entry.items() if k != "name"}, allow_context=False)
-    from .evaluation import parse_metric
-
     for spec in metrics:
         registry.get("metric", parse_metric(spec)["name"])
     try:
@@ -204,8 +203,6 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_config(preset: str | Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Preset (a name or a mapping) + builder defaults + overrides, validated."""
-    from .registry import get_registry
-
     if isinstance(preset, str):
         base = get_registry().get("preset", preset).factory()
         if not isinstance(base, Mapping):

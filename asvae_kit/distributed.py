@@ -23,7 +23,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
-__all__ = ["DistContext", "context_from_env", "average_gradients", "broadcast_parameters"]
+from .errors import ConfigError
+
+__all__ = ["DistContext", "context_from_env", "average_gradients", "broadcast_parameters", "resolve_device", "seed_replica_noise"]
 
 
 @dataclass(frozen=True)
@@ -93,3 +95,27 @@ def broadcast_parameters(modules: Iterable[nn.Module | None], ctx: DistContext) 
             continue
         for t in [*module.parameters(), *module.buffers()]:
             dist.broadcast(t.data, src=0)
+
+
+def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
+    """The torch device for config ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``); under data
+    parallelism on GPUs, each process takes the GPU of its local rank."""
+    if name == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ConfigError(f"device {name!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} asked for, but this torch build sees no CUDA GPU; use device='cpu' or 'auto'")
+    if ctx is not None and ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    return device
+
+
+def seed_replica_noise(ctx: DistContext, seed: int, step: int) -> None:
+    """Under data parallelism, give each replica its own noise stream (they share weights and data
+    order); a function of (seed, rank, step), so a resumed run reseeds consistently."""
+    if ctx.enabled:
+        torch.manual_seed((int(seed) * 7919 + ctx.rank) * 1_000_003 + step)

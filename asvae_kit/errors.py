@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .names import article, suggestion_text
+
 __all__ = [
     "AsvaeKitError",
     "UnknownComponentError",
@@ -17,6 +19,7 @@ __all__ = [
     "DataError",
     "CheckpointError",
     "RunDirectoryError",
+    "TrainingDivergedError",
 ]
 
 
@@ -50,12 +53,8 @@ class UnknownComponentError(AsvaeKitError, KeyError):
         self.other_kinds = list(other_kinds)
         self.failed_plugins = list(failed_plugins)
         what = f"{kind} {name!r}" if kind else f"component {name!r}"
-        parts = [f"unknown {what}."]
-        if self.suggestions:
-            parts.append("Did you mean " + " or ".join(repr(s) for s in self.suggestions) + "?")
+        parts = [f"unknown {what}.{suggestion_text(self.suggestions)}"]
         if self.other_kinds:
-            from .names import article
-
             kinds = " and ".join(article(k) for k in self.other_kinds)
             parts.append(f"{name!r} is registered as {kinds}, not {article(kind or 'component')}.")
         if self.failed_plugins:
@@ -95,3 +94,8 @@ class CheckpointError(AsvaeKitError, ValueError):
 
 class RunDirectoryError(AsvaeKitError, ValueError):
     """A run directory that cannot be written: not a run, a file, or locked by another writer."""
+
+
+class TrainingDivergedError(AsvaeKitError, FloatingPointError):
+    """A loss became NaN or infinite, or grew past ``diverge_factor`` times its running median;
+    nothing is saved after that step, so the last checkpoint on disk is the last good state."""

@@ -16,16 +16,19 @@ name, that is an error; as part of the default set, it becomes a note beside the
 from __future__ import annotations
 
 import inspect
+import time
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
+from .config import parse_metric
+from .data import check_images, images_and_labels
 from .errors import AsvaeKitError, ConfigError
+from .names import did_you_mean
+from .plugin_manager import get_registry
+from .registry import metric_options
 
-__all__ = ["MetricNotApplicable", "Evaluation", "parse_metric", "metric_options", "evaluate"]
-
-#: Keyword arguments the evaluation supplies itself (never metric options).
-SUPPLIED = ("labels", "split")
+__all__ = ["MetricNotApplicable", "Evaluation", "evaluate"]
 
 
 class MetricNotApplicable(AsvaeKitError, ValueError):
@@ -47,52 +50,11 @@ class Evaluation(dict):
         return {"split": self.split, "source": self.source, "n_images": self.n_images, "metrics": dict(self), "notes": self.notes}
 
 
-def parse_metric(spec: str | Mapping[str, Any]) -> dict[str, Any]:
-    """``"nll"``, ``"nll:k=100:n=64"`` or ``{"name": "nll", "k": 100}`` -> ``{"name": ..., **options}``."""
-    from .config import parse_value
-
-    if isinstance(spec, Mapping):
-        if not isinstance(spec.get("name"), str):
-            raise ConfigError(f"a metric entry needs a 'name', got {dict(spec)!r}")
-        return dict(spec)
-    if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"a metric is a name like 'fd' or 'nll:k=100', got {spec!r}")
-    name, *pairs = spec.strip().split(":")
-    entry: dict[str, Any] = {"name": name.strip()}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"metric {spec!r}: options are KEY=VALUE after ':' (e.g. 'nll:k=100'), got {pair!r}")
-        entry[key.strip()] = parse_value(value.strip())
-    return entry
-
-
-def metric_options(fn: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
-    """A metric's own options with their defaults (its keyword parameters after ``trainer, data``),
-    and whether it takes ``**kwargs``."""
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return {}, True
-    options: dict[str, Any] = {}
-    accepts_any = False
-    for p in params[2:]:
-        if p.kind is p.VAR_KEYWORD:
-            accepts_any = True
-        elif p.kind is not p.VAR_POSITIONAL and p.name not in SUPPLIED:
-            options[p.name] = None if p.default is p.empty else p.default
-    return options, accepts_any
-
-
 def _call(fn: Callable[..., Any], trainer: Any, images: torch.Tensor, options: dict[str, Any], supplied: dict[str, Any], name: str) -> dict[str, float]:
     known, accepts_any = metric_options(fn)
     for key in options:
         if key not in known and not accepts_any:
-            from .names import close_matches
-
-            hint = close_matches(key, known)
-            extra = f" Did you mean {hint[0]!r}?" if hint else ""
-            raise ConfigError(f"metric {name!r} has no option {key!r}.{extra} Its options: {', '.join(known) or 'none'}.")
+            raise ConfigError(f"metric {name!r} has no option {key!r}.{did_you_mean(key, known)} Its options: {', '.join(known) or 'none'}.")
     try:
         params = inspect.signature(fn).parameters
         takes = {k: v for k, v in supplied.items() if k in params or accepts_any}
@@ -108,13 +70,12 @@ def evaluate(
     data: Any = None,
     report: Callable[[str], None] | None = None,
 ) -> Evaluation:
-    """Run ``metrics`` (default the config's) on up to ``eval_size`` images of ``split`` (or of
-    ``data``); ``report`` is told how long each metric took."""
-    import time
+    """Run ``metrics`` (default the config's) on up to ``eval_size`` images of ``split`` (or of ``data``).
 
-    from .registry import get_registry
-    from .data import images_and_labels
-
+    ``split`` is ``"test"`` (the data set's test split, or the held-out slice training never sees)
+    or ``"train"``.  Returns an ``Evaluation``: the values, with ``.split``, ``.source``,
+    ``.n_images`` and ``.notes`` (metrics that did not apply, and why).  ``report`` is told how
+    long each metric took."""
     explicit = metrics is not None
     specs = trainer.config["metrics"] if metrics is None else ([metrics] if isinstance(metrics, (str, Mapping)) else list(metrics))
     entries = [parse_metric(s) for s in specs]
@@ -126,8 +87,6 @@ def evaluate(
     else:
         source, dataset = "the data passed to evaluate()", data
     images, labels = images_and_labels(dataset, trainer.config["eval_size"])
-    from .data import check_images
-
     images = check_images(images, f"evaluation data ({source})", trainer.data_shape).to(trainer.device)
     supplied = {"labels": labels, "split": split}
     values: dict[str, float] = {}

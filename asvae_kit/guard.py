@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from pathlib import Path
 from statistics import median
 
+import torch
+
+from .errors import TrainingDivergedError
+
 __all__ = ["DivergenceGuard"]
+
+_WHAT = {"d_loss": "discriminator loss", "g_loss": "encoder/decoder loss"}
 
 
 class DivergenceGuard:
@@ -39,3 +46,23 @@ class DivergenceGuard:
             level = max(median(recent), 1.0)
             self._typical[name] = level if typical is None else min(typical, level)
         return None
+
+    def check_loss(self, term: str, loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int, saved: tuple[Path, int] | None) -> None:
+        """Raise ``TrainingDivergedError`` when ``loss`` (``term`` is ``d_loss`` or ``g_loss``) of
+        step ``step`` is divergent; the message says what is safe on disk (``saved``: the run
+        directory and the step of its last checkpoint) and how to go on."""
+        why = self.check(term, float(loss.detach()))
+        if why is None:
+            return
+        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        if saved is not None:
+            run_dir, saved_step = saved
+            kept = f"the last checkpoint in {run_dir} (step {saved_step}) is intact"
+            fix = f"resume it with a lower learning rate: asvae-kit train --resume --out {run_dir} --lr LR"
+        else:
+            kept = "no checkpoint of this run was written"
+            fix = "train again with a lower optim.lr (--lr)"
+        raise TrainingDivergedError(
+            f"the {_WHAT.get(term, term)} ({term}) {why} at step {step} ({detail}); training stopped and {kept}. "
+            f"To go on, {fix}, or check the data for extreme values (diverge_factor=0 turns the growth check off)."
+        )

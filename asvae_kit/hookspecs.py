@@ -107,7 +107,7 @@ def register_divergences(register: RegisterFn) -> None:
     Factory: ``factory(**config) -> Divergence`` with ``num_heads: int``,
     ``discriminator_loss(discriminator, batch) -> (loss, diagnostics)`` and
     ``generator_loss(discriminator, batch) -> (loss, diagnostics)``; ``batch`` is an
-    ``asvae_kit.divergence.JointBatch``.  Head statistics go through
+    ``asvae_kit.joint_batch.JointBatch``.  Head statistics go through
     ``asvae_kit.kernels.fused_disc_head``.
 
     Example::

@@ -1,17 +1,19 @@
-"""Name helpers shared by the registry and the config resolver: validation and did-you-mean."""
+"""Names: what a component name may look like, the component kinds, and the one did-you-mean."""
 
 from __future__ import annotations
 
 import difflib
 import re
-from typing import Iterable
+from typing import Iterable, Sequence
 
-__all__ = ["article", "NAME_RE", "is_valid_name", "edit_distance", "close_matches", "KINDS", "normalize_kind"]
+from .hookspecs import HOOK_KINDS
+
+__all__ = ["article", "NAME_RE", "is_valid_name", "edit_distance", "close_matches", "did_you_mean", "suggestion_text", "KINDS", "normalize_kind"]
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
 
-#: The component kinds, singular, in the order commands list them.
-KINDS = ("encoder", "decoder", "discriminator", "divergence", "preset", "dataset", "metric")
+#: The component kinds, singular, in the order commands list them (the hooks' order).
+KINDS = tuple(HOOK_KINDS.values())
 
 
 def article(word: str) -> str:
@@ -30,9 +32,7 @@ def normalize_kind(kind: str) -> str:
     if k not in KINDS and k.endswith("s") and k[:-1] in KINDS:
         k = k[:-1]
     if k not in KINDS:
-        hint = close_matches(k, KINDS)
-        extra = f" Did you mean {hint[0]!r}?" if hint else ""
-        raise ValueError(f"unknown component kind {kind!r}; the kinds are {', '.join(KINDS)}.{extra}")
+        raise ValueError(f"unknown component kind {kind!r}; the kinds are {', '.join(KINDS)}.{did_you_mean(k, KINDS)}")
     return k
 
 
@@ -61,3 +61,14 @@ def close_matches(name: str, candidates: Iterable[str], limit: int = 5) -> list[
         if c not in near and c != name:
             near.append(c)
     return near
+
+
+def did_you_mean(name: str, candidates: Iterable[str], limit: int = 1) -> str:
+    """``" Did you mean 'x'?"`` (or ``'x' or 'y'`` with ``limit`` > 1) for the closest candidates;
+    ``""`` when none is close.  Every "unknown name" message in asvae-kit ends with this."""
+    return suggestion_text(close_matches(name, candidates, limit=max(limit, 1))[:limit])
+
+
+def suggestion_text(suggestions: Sequence[str]) -> str:
+    """``" Did you mean 'a' or 'b'?"`` for ``suggestions`` already chosen; ``""`` for none."""
+    return f" Did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else ""

@@ -1,4 +1,6 @@
-"""Loading plugins: built-ins first, then the ``asvae_kit`` entry points, one at a time.
+"""Loading plugins into the process-wide registry: built-ins first, then the ``asvae_kit`` entry
+points, one at a time.  ``get_registry`` loads them on first use; ``list_components``,
+``describe`` and ``build_component`` are the public API over it.
 
 Fault isolation (DESIGN.md §3): a plugin that fails to import, implements a hook that does not
 exist, raises in a hook, registers a bad name or a name another plugin owns, is skipped whole
@@ -13,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as metadata
 import os
+import threading
 import warnings
 from typing import Any, Callable
 
@@ -23,7 +26,18 @@ from .errors import PluginError
 from .names import is_valid_name
 from .registry import ComponentEntry, PluginRecord, Registry
 
-__all__ = ["load_plugins", "strict_mode", "BUILTIN_MODULES", "ENTRY_POINT_GROUP", "PluginLoadWarning"]
+__all__ = [
+    "get_registry",
+    "reset_registry",
+    "list_components",
+    "describe",
+    "build_component",
+    "load_plugins",
+    "strict_mode",
+    "BUILTIN_MODULES",
+    "ENTRY_POINT_GROUP",
+    "PluginLoadWarning",
+]
 
 ENTRY_POINT_GROUP = "asvae_kit"
 
@@ -211,3 +225,40 @@ def load_plugins(registry: Registry, *, strict: bool | None = None) -> pluggy.Pl
                 stacklevel=3,
             )
     return pm
+
+
+_registry: Registry | None = None
+_lock = threading.RLock()
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, loading built-ins and entry-point plugins on first call."""
+    global _registry
+    with _lock:
+        if _registry is None:
+            registry = Registry()
+            load_plugins(registry)
+            _registry = registry
+        return _registry
+
+
+def reset_registry() -> None:
+    """Forget the loaded plugins; the next lookup reloads them (re-reading the environment)."""
+    global _registry
+    with _lock:
+        _registry = None
+
+
+def list_components(kind: str | None = None, pattern: str = "*") -> list[str]:
+    """Registered names of ``kind`` (all kinds when ``None``) matching the fnmatch ``pattern``, sorted."""
+    return get_registry().list(kind, pattern)
+
+
+def describe(name: str, kind: str | None = None) -> dict[str, Any]:
+    """Kind, description, providing plugin/distribution/version and config defaults of ``name``."""
+    return get_registry().describe(name, kind)
+
+
+def build_component(kind: str, name: str, **config: Any) -> Any:
+    """Build the component ``name`` of ``kind`` by calling its factory with ``config`` (checked)."""
+    return get_registry().build(kind, name, **config)

@@ -1,36 +1,35 @@
-"""The component registry: what names exist, who provides them, how to build them.
+"""The component table: entries by (kind, name), the plugin records, lookup and listing, and
+what config keys each factory takes.
 
-The registry is filled lazily, on first use, by ``asvae_kit.plugin_manager.load_plugins``; nothing
-here runs at ``import asvae_kit``.
+A ``Registry`` is filled by ``asvae_kit.plugin_manager.load_plugins``, which also holds the
+process-wide one (``get_registry``); this module imports nothing of the plugin machinery.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import inspect
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import ConfigError, UnknownComponentError
-from .names import KINDS, article, close_matches, normalize_kind
+from .names import KINDS, article, close_matches, did_you_mean, normalize_kind
 
 __all__ = [
     "ComponentEntry",
     "PluginRecord",
     "Registry",
-    "get_registry",
-    "reset_registry",
-    "list_components",
-    "describe",
-    "build_component",
-    "build_entry",
+    "check_config_keys",
     "factory_config_defaults",
+    "metric_options",
     "CONTEXT_KEYS",
+    "METRIC_SUPPLIED",
 ]
 
 #: Keyword arguments the builder supplies to factories; not config keys a user sets.
 CONTEXT_KEYS = ("data_shape", "latent_dim", "num_heads")
+#: Keyword arguments evaluation supplies to a metric besides ``(trainer, data)``; never its options.
+METRIC_SUPPLIED = ("labels", "split")
 
 
 @dataclass(frozen=True)
@@ -96,6 +95,23 @@ def factory_config_defaults(factory: Callable[..., Any]) -> tuple[dict[str, Any]
         value = None if p.default is p.empty else p.default
         defaults[p.name] = list(value) if isinstance(value, tuple) else value
     return defaults, accepts_any
+
+
+def metric_options(fn: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
+    """A metric's own options with their defaults (its keyword parameters after ``trainer, data``),
+    and whether it takes ``**kwargs``."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return {}, True
+    options: dict[str, Any] = {}
+    accepts_any = False
+    for p in params[2:]:
+        if p.kind is p.VAR_KEYWORD:
+            accepts_any = True
+        elif p.kind is not p.VAR_POSITIONAL and p.name not in METRIC_SUPPLIED:
+            options[p.name] = None if p.default is p.empty else p.default
+    return options, accepts_any
 
 
 class Registry:
@@ -180,12 +196,11 @@ class Registry:
         if entry.kind == "preset":
             info["config"] = entry.factory()
         elif entry.kind == "metric":
-            from .evaluation import metric_options
-
             info["config"], info["accepts_extra_config"] = metric_options(entry.factory)
         return info
 
     def build(self, kind: str, name: str, **config: Any) -> Any:
+        """Call the factory of ``name`` with ``config``, its keys checked first."""
         entry = self.get(kind, name)
         check_config_keys(entry, config)
         return entry.factory(**config)
@@ -216,51 +231,5 @@ def check_config_keys(entry: ComponentEntry, config: dict[str, Any], *, allow_co
     allowed = set(defaults) | set(CONTEXT_KEYS)
     for key in config:
         if key not in allowed:
-            hint = close_matches(key, defaults)
-            extra = f" Did you mean {hint[0]!r}?" if hint else ""
             keys = ", ".join(sorted(defaults)) or "none"
-            raise ConfigError(f"{entry.kind} {entry.name!r} has no config key {key!r}.{extra} Its keys: {keys}.")
-
-
-_registry: Registry | None = None
-_lock = threading.RLock()
-
-
-def get_registry() -> Registry:
-    """The process-wide registry, loading built-ins and entry-point plugins on first call."""
-    global _registry
-    with _lock:
-        if _registry is None:
-            from .plugin_manager import load_plugins
-
-            registry = Registry()
-            load_plugins(registry)
-            _registry = registry
-        return _registry
-
-
-def reset_registry() -> None:
-    """Forget the loaded plugins; the next lookup reloads them (re-reading the environment)."""
-    global _registry
-    with _lock:
-        _registry = None
-
-
-def build_entry(kind: str, entry: dict[str, Any], **context: Any) -> Any:
-    """Build a config entry ``{"name": ..., **config}`` of ``kind``, adding the builder's ``context``."""
-    return build_component(kind, entry["name"], **context, **{k: v for k, v in entry.items() if k != "name"})
-
-
-def list_components(kind: str | None = None, pattern: str = "*") -> list[str]:
-    """Registered names of ``kind`` (all kinds when ``None``) matching the fnmatch ``pattern``, sorted."""
-    return get_registry().list(kind, pattern)
-
-
-def describe(name: str, kind: str | None = None) -> dict[str, Any]:
-    """Kind, description, providing plugin/distribution/version and config defaults of ``name``."""
-    return get_registry().describe(name, kind)
-
-
-def build_component(kind: str, name: str, **config: Any) -> Any:
-    """Build the component ``name`` of ``kind`` by calling its factory with ``config``."""
-    return get_registry().build(kind, name, **config)
+            raise ConfigError(f"{entry.kind} {entry.name!r} has no config key {key!r}.{did_you_mean(key, defaults)} Its keys: {keys}.")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import Dataset, Subset
@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Subset
 from .data import ImageDataset
 from .errors import ConfigError, DataError
 
-__all__ = ["SPLITS", "HOLDOUT_SEED", "DataSplit", "has_test_split", "holdout_indices", "split_dataset"]
+__all__ = ["SPLITS", "HOLDOUT_SEED", "DataSplit", "ConfiguredData", "has_test_split", "holdout_indices", "split_dataset"]
 
 SPLITS = ("train", "test")
 
@@ -38,11 +38,9 @@ class DataSplit:
     source: str
 
 
-def has_test_split(entry: dict[str, Any]) -> bool:
-    """True when the data set entry can be rebuilt with ``split="test"`` and trains on ``"train"``."""
-    from .registry import get_registry
-
-    factory = get_registry().get("dataset", entry["name"]).factory
+def has_test_split(entry: dict[str, Any], factory: Callable[..., Any]) -> bool:
+    """True when the data set ``entry`` (built by ``factory``) can be rebuilt with
+    ``split="test"`` and trains on ``"train"``."""
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -69,17 +67,16 @@ def _subset(dataset: Any, indices: torch.Tensor, suffix: str) -> Any:
     raise DataError(f"cannot hold out evaluation images from a {type(dataset).__name__}; it needs __len__ and indexing")
 
 
-def split_dataset(full: Any, entry: dict[str, Any], holdout: float, split: str) -> DataSplit:
-    """The ``split`` (``"train"`` or ``"test"``) of the data set ``full`` built from ``entry``."""
-    from .registry import build_entry
-
+def split_dataset(full: Any, entry: dict[str, Any], holdout: float, split: str, build: Callable[[dict[str, Any]], Any], factory: Callable[..., Any]) -> DataSplit:
+    """The ``split`` (``"train"`` or ``"test"``) of the data set ``full`` built from ``entry``;
+    ``build(entry)`` builds its test split where it has one (``factory`` is its registered factory)."""
     if split not in SPLITS:
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     name = entry["name"]
-    if has_test_split(entry):
+    if has_test_split(entry, factory):
         if split == "train":
             return DataSplit(full, "train", f"the training split of {name} ({len(full)} images)")
-        test = build_entry("dataset", {**entry, "split": "test"})
+        test = build({**entry, "split": "test"})
         return DataSplit(test, "test", f"the test split of {name} ({len(test)} images, never trained on)")
     n = len(full)
     train_idx, held_idx = holdout_indices(n, holdout)
@@ -99,3 +96,25 @@ def split_dataset(full: Any, entry: dict[str, Any], holdout: float, split: str) 
         _subset(full, held_idx, "held-out"), "test",
         f"a held-out {len(held_idx) / n:.0%} slice of {where} ({len(held_idx)} of {n} images, never trained on; {why})",
     )
+
+
+class ConfiguredData:
+    """The data set of a config entry and its two splits, each built once, on first use.
+
+    ``build(entry)`` turns an entry into a data set and ``factory`` is the entry's registered
+    factory (read for its ``split`` parameter); both come from ``asvae_kit.builder``, the one
+    place where names become objects.  ``full`` is the data set when it is already built.
+    """
+
+    def __init__(self, entry: dict[str, Any], holdout: float, build: Callable[[dict[str, Any]], Any], factory: Callable[..., Any], full: Any = None) -> None:
+        self.entry, self.holdout, self._build, self._factory = entry, holdout, build, factory
+        self._full = full
+        self._splits: dict[str, DataSplit] = {}
+
+    def split(self, split: str) -> DataSplit:
+        """The ``"train"`` or ``"test"`` split, with a sentence saying what it is."""
+        if split not in self._splits:
+            if self._full is None:
+                self._full = self._build(self.entry)
+            self._splits[split] = split_dataset(self._full, self.entry, self.holdout, split, self._build, self._factory)
+        return self._splits[split]

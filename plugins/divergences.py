@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import asvae_kit
-from asvae_kit.divergence import MEAN, SOFTPLUS, SOFTPLUS_NEG, JointBatch, head_statistics
+from asvae_kit.joint_batch import MEAN, SOFTPLUS, SOFTPLUS_NEG, JointBatch, head_statistics
 from asvae_kit.errors import ConfigError
 
 __all__ = ["ELBO", "AVB", "ALI", "ASVAE"]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import asvae_kit
-from asvae_kit.divergence import JointBatch
+from asvae_kit.joint_batch import JointBatch
 from asvae_kit.evaluation import MetricNotApplicable
 
 __all__ = ["recon", "nll", "fd", "skl", "probe", "fid", "inception_score", "reconstruction_mse", "elbo_bound", "objective"]

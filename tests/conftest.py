@@ -13,7 +13,7 @@ import torch
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from asvae_kit.registry import reset_registry  # noqa: E402
+from asvae_kit.plugin_manager import reset_registry  # noqa: E402
 
 @pytest.fixture(autouse=True, scope="session")
 def _classifier_cache(tmp_path_factory):

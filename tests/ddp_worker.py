@@ -37,4 +37,5 @@ if trainer.dist.is_main:
         "step": trainer.step,
     }
     (out / "result.json").write_text(json.dumps(result))
+dist.barrier()  # neither rank tears gloo down while the other still uses it (a rare SIGABRT otherwise)
 dist.destroy_process_group()

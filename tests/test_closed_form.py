@@ -29,7 +29,7 @@ import pytest
 import torch
 
 import asvae_kit
-from asvae_kit.divergence import MEAN, SOFTPLUS, SOFTPLUS_NEG, JointBatch, head_statistics
+from asvae_kit.joint_batch import MEAN, SOFTPLUS, SOFTPLUS_NEG, JointBatch, head_statistics
 from linear_gaussian import (
     CHUNK, CHUNKS, D_X, D_Z, DISTRIBUTION, ENTRY_POINT, Z, data_params, generator_params, make_trainer, sample_data,
 )

@@ -10,7 +10,7 @@ import torch
 
 import asvae_kit
 from asvae_kit.plugin_manager import PluginLoadWarning
-from asvae_kit.registry import get_registry, reset_registry
+from asvae_kit.plugin_manager import get_registry, reset_registry
 
 from plugin_helpers import install_plugin
 

@@ -6,7 +6,7 @@ import pytest
 
 import asvae_kit
 from asvae_kit.names import close_matches, edit_distance, is_valid_name, normalize_kind
-from asvae_kit.registry import get_registry
+from asvae_kit.plugin_manager import get_registry
 
 
 def test_list_components_by_kind_pattern_and_plural():

@@ -201,7 +201,7 @@ def _weights_equal(a: Path, b: Path) -> bool:
 
 
 def test_checkpoints_are_units_kept_two_at_a_time_and_a_torn_pair_is_refused(tmp_path):
-    from asvae_kit.checkpoint import checkpoint_names
+    from asvae_kit.rundir.checkpoint import checkpoint_names
 
     run = tmp_path / "run"
     trainer = asvae_kit.build("mlp-vae", steps=12, checkpoint_every=3, device="cpu", **{"encoder.hidden": [16], "decoder.hidden": [16]})
@@ -278,7 +278,7 @@ def test_sigkill_at_random_moments_always_leaves_a_run_that_resumes_bit_exact(tm
 
 
 def test_a_full_disk_is_a_checkpoint_error_and_the_previous_checkpoint_survives(tmp_path, monkeypatch):
-    import asvae_kit.checkpoint as checkpoint
+    import asvae_kit.rundir.checkpoint as checkpoint
 
     run = tmp_path / "run"
     trainer = asvae_kit.build("mlp-vae", steps=2, device="cpu", **{"encoder.hidden": [16], "decoder.hidden": [16]})

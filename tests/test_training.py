@@ -33,8 +33,8 @@ def test_each_step_moves_exactly_the_modules_it_should(divergence):
     x = torch.rand(16, 1, 8, 8)
     enc, dec, disc = _params(trainer.encoder), _params(trainer.decoder), _params(trainer.discriminator)
 
-    batch = trainer.make_batch(x)
-    trainer.discriminator_step(batch)
+    batch = trainer.algorithm.make_batch(x)
+    trainer.algorithm.discriminator_step(batch)
     assert not _changed(enc, trainer.encoder) and not _changed(dec, trainer.decoder)
     if divergence == "elbo":
         assert trainer.discriminator is None
@@ -42,7 +42,7 @@ def test_each_step_moves_exactly_the_modules_it_should(divergence):
         assert _changed(disc, trainer.discriminator), "the discriminator step must update the discriminator"
         disc = _params(trainer.discriminator)
 
-    trainer.generator_step(batch)
+    trainer.algorithm.generator_step(batch)
     assert _changed(enc, trainer.encoder), "the encoder/decoder step must update the encoder"
     assert _changed(dec, trainer.decoder), "the encoder/decoder step must update the decoder"
     if trainer.discriminator is not None:
@@ -170,6 +170,8 @@ def test_resnet_asvae_runs_on_real_fashion_mnist(tmp_path):
 
 @pytest.mark.parametrize("divergence, heads", [("asvae", 2), ("avb", 1), ("ali", 1)])
 def test_a_discriminator_with_the_wrong_head_count_is_refused(divergence, heads):
+    from asvae_kit.distributed import context_from_env
+    from asvae_kit.optimizers import make_optimizers
     from asvae_kit.trainer import Trainer
 
     config = asvae_kit.build("mlp-asvae", divergence=divergence, **SMALL).config
@@ -177,14 +179,13 @@ def test_a_discriminator_with_the_wrong_head_count_is_refused(divergence, heads)
     assert div.num_heads == heads
     context = {"data_shape": (1, 8, 8), "latent_dim": 4}
     wrong = asvae_kit.build_component("discriminator", "joint-mlp", num_heads=heads + 1, hidden=[8], **context)
+    encoder = asvae_kit.build_component("encoder", "mlp", hidden=[8], **context)
+    decoder = asvae_kit.build_component("decoder", "mlp", hidden=[8], **context)
+    gen_optimizer, disc_optimizer = make_optimizers(config["optim"], encoder, decoder, wrong)
     with pytest.raises(ConfigError, match=rf"needs a discriminator with {heads} head\(s\), but its head has {heads + 1}"):
         Trainer(
-            config,
-            encoder=asvae_kit.build_component("encoder", "mlp", hidden=[8], **context),
-            decoder=asvae_kit.build_component("decoder", "mlp", hidden=[8], **context),
-            discriminator=wrong,
-            divergence=div,
-            data_shape=(1, 8, 8),
+            config, encoder=encoder, decoder=decoder, discriminator=wrong, divergence=div, gen_optimizer=gen_optimizer,
+            disc_optimizer=disc_optimizer, data_shape=(1, 8, 8), device=torch.device("cpu"), dist=context_from_env(),
         )
 
 

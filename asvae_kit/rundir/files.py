@@ -1,8 +1,4 @@
-"""The human-facing files of a run directory: ``config.json``, ``metrics.csv`` and the PNG grids.
-
-Checkpoints are ``asvae_kit.checkpoint``'s job and guarding the folder ``asvae_kit.rundir``'s;
-the trainer decides when each is written.
-"""
+"""The human-facing files of a run directory: ``config.json``, ``metrics.csv`` and the PNG grids."""
 
 from __future__ import annotations
 
@@ -14,8 +10,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .fileio import atomic_write_text
-from .images import interleave_rows, save_image_grid
+from ..fileio import atomic_write_text
+from ..images import interleave_rows, save_image_grid
 
 __all__ = ["CONFIG_FILE", "METRICS_FILE", "write_config", "MetricsFile", "write_grids"]
 

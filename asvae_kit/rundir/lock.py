@@ -14,7 +14,7 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import RunDirectoryError
+from ..errors import RunDirectoryError
 
 __all__ = ["LOCK_FILE", "RUN_FILES", "is_run_dir", "check_output_dir", "RunLock"]
 

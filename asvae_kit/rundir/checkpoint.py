@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
-from .fileio import atomic_path, atomic_write_text, file_mode
+from ..errors import CheckpointError
+from ..fileio import atomic_path, atomic_write_text, file_mode
 
 __all__ = ["CHECKPOINTS_DIR", "LATEST_FILE", "MODEL_FILE", "STATE_FILE", "write_checkpoint", "read_checkpoint", "checkpoint_names"]
 

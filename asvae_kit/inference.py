@@ -1,0 +1,84 @@
+"""Using trained networks: samples, interpolations, posterior means and reconstructions.
+
+``Inference`` is the part of ``Trainer``'s public API that only reads the networks; it needs
+``encoder``, ``decoder``, ``latent_dim``, ``data_shape`` and ``device`` from the class it is mixed
+into.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .checks import check_int
+from .images import slerp
+
+__all__ = ["Inference", "NETWORKS"]
+
+#: The networks of a run, in the order their weights are saved (prefix ``encoder.`` ...).
+NETWORKS = ("encoder", "decoder", "discriminator")
+
+
+class Inference:
+    encoder: nn.Module
+    decoder: nn.Module
+    discriminator: nn.Module | None
+    latent_dim: int
+    data_shape: tuple[int, int, int]
+    device: torch.device
+
+    def networks(self) -> Iterator[tuple[str, nn.Module]]:
+        """``(name, module)`` for each network present (the discriminator only when trained)."""
+        for name in NETWORKS:
+            module = getattr(self, name)
+            if module is not None:
+                yield name, module
+
+    def eval_mode(self) -> None:
+        """Put every network in eval mode (``fit`` switches them back to train mode each step)."""
+        for _, module in self.networks():
+            module.eval()
+
+    @torch.no_grad()
+    def sample(self, n: int, *, seed: int | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
+        """``n`` images ``[n, C, H, W]`` (the decoder's mean at z ~ p(z)); ``seed`` makes them repeatable."""
+        check_int(n, "sample(n): n", error=ValueError)
+        self.eval_mode()
+        if z is None:
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+            z = torch.randn(n, self.latent_dim, generator=generator)
+        elif tuple(z.shape) != (n, self.latent_dim):
+            raise ValueError(f"sample(n={n}, z=...): z must have shape [{n}, {self.latent_dim}], got {list(z.shape)}")
+        return torch.cat([self.decoder(chunk.to(self.device)).mean for chunk in z.split(512)])
+
+    @torch.no_grad()
+    def interpolate(self, rows: int = 8, steps: int = 10, *, seed: int | None = None) -> torch.Tensor:
+        """``rows * steps`` images: each row decodes a spherical path between two prior draws."""
+        check_int(rows, "interpolate(rows=...)", error=ValueError)
+        check_int(steps, "interpolate(steps=...)", minimum=2, error=ValueError)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        ends = torch.randn(2, rows, self.latent_dim, generator=generator)
+        return self.sample(rows * steps, z=slerp(ends[0], ends[1], steps))
+
+    def _as_input(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected an image tensor [B, C, H, W], got {type(x).__name__}")
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(f"images have shape {list(x.shape)}, expected [B, {', '.join(map(str, self.data_shape))}]")
+        return x.to(self.device, dtype=torch.float32)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior mean E[z|x], ``[B, latent_dim]``."""
+        self.eval_mode()
+        return self.encoder(self._as_input(x)).mean
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """decoder(encode(x)).mean, ``[B, C, H, W]``."""
+        self.eval_mode()
+        return self.decoder(self.encoder(self._as_input(x)).mean).mean
