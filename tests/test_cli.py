@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tiny_run import train_tiny
 
 import asvae_kit
 from asvae_kit.cli import main
@@ -141,3 +144,26 @@ def test_sample_interpolate_and_reconstruct(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:  # argparse refuses the pair
         main(["sample", str(run), "--interpolate", "--reconstruct", "-o", str(tmp_path / "x.png")])
     assert exited.value.code == 2
+
+
+@pytest.mark.parametrize("preset", ["mlp-vae", "mlp-avb", "mlp-ali", "mlp-asvae", "resnet-vae", "resnet-avb", "resnet-ali", "resnet-asvae"])
+def test_cli_trains_preset(preset, tmp_path, capsys):
+    out = tmp_path / preset
+    rc = main(["train", "--preset", preset, "--steps", "2", "--batch-size", "8", "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    for name in ("config.json", "model.safetensors", "latest", "metrics.csv", "samples.png"):
+        assert (out / name).is_file(), name
+    with (out / "metrics.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and rows[-1]["step"] == "2"
+    losses = {k: float(v) for k, v in rows[-1].items() if k.endswith("loss")}
+    assert "g_loss" in losses and all(math.isfinite(v) for v in losses.values()), rows[-1]
+
+
+def test_resume_of_a_finished_run_says_so(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_tiny(run) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--no-progress", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "already finished" in err and "pass --steps N with N > 3" in err

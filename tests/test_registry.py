@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 import asvae_kit
-from asvae_kit.names import close_matches, edit_distance, is_valid_name, normalize_kind
 from asvae_kit.plugin_manager import get_registry
 
 
@@ -69,16 +68,6 @@ def test_unknown_name_that_exists_under_another_kind():
 def test_unknown_name_without_neighbours_says_how_to_list():
     with pytest.raises(asvae_kit.UnknownComponentError, match="asvae-kit list dataset"):
         asvae_kit.build_component("dataset", "zzzzzzzzzz")
-
-
-def test_name_helpers():
-    assert is_valid_name("joint-mlp") and is_valid_name("a1")
-    for bad in ("Joint", "-x", "a_b", "", "a b", None):
-        assert not is_valid_name(bad)
-    assert edit_distance("resnet", "rsenet") == 1
-    assert edit_distance("abc", "abc") == 0
-    assert close_matches("asvea", ["asvae", "avb", "elbo"])[0] == "asvae"
-    assert normalize_kind("Discriminators") == "discriminator"
 
 
 def test_registry_is_built_once():

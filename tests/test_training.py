@@ -9,13 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from shared_data import SHARED_DATA as SHARED
+from shared_data import needs_fashion
 
 import asvae_kit
 from asvae_kit.errors import ConfigError
 from asvae_kit.trainer import TrainingDivergedError
 
-from shared_data import SHARED_DATA as SHARED
-from shared_data import needs_fashion
 SMALL = {"encoder.hidden": [32], "decoder.hidden": [32], "discriminator.hidden": [32, 16], "latent_dim": 4, "batch_size": 16}
 
 
@@ -170,9 +170,10 @@ def test_resnet_asvae_runs_on_real_fashion_mnist(tmp_path):
 
 @pytest.mark.parametrize("divergence, heads", [("asvae", 2), ("avb", 1), ("ali", 1)])
 def test_a_discriminator_with_the_wrong_head_count_is_refused(divergence, heads):
+    from asvae_kit.algorithm import AlgorithmStep
     from asvae_kit.distributed import context_from_env
+    from asvae_kit.guard import DivergenceGuard
     from asvae_kit.optimizers import make_optimizers
-    from asvae_kit.trainer import Trainer
 
     config = asvae_kit.build("mlp-asvae", divergence=divergence, **SMALL).config
     div = asvae_kit.build_component("divergence", divergence)
@@ -183,9 +184,9 @@ def test_a_discriminator_with_the_wrong_head_count_is_refused(divergence, heads)
     decoder = asvae_kit.build_component("decoder", "mlp", hidden=[8], **context)
     gen_optimizer, disc_optimizer = make_optimizers(config["optim"], encoder, decoder, wrong)
     with pytest.raises(ConfigError, match=rf"needs a discriminator with {heads} head\(s\), but its head has {heads + 1}"):
-        Trainer(
-            config, encoder=encoder, decoder=decoder, discriminator=wrong, divergence=div, gen_optimizer=gen_optimizer,
-            disc_optimizer=disc_optimizer, data_shape=(1, 8, 8), device=torch.device("cpu"), dist=context_from_env(),
+        AlgorithmStep(
+            encoder=encoder, decoder=decoder, discriminator=wrong, divergence=div, gen_optimizer=gen_optimizer,
+            disc_optimizer=disc_optimizer, config=config, dist=context_from_env(), guard=DivergenceGuard(0),
         )
 
 
