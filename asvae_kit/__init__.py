@@ -13,15 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
-    AsvaeKitError,
-    CheckpointError,
-    ConfigError,
-    DataError,
-    PluginError,
-    UnknownComponentError,
-    UnsupportedShapeError,
-)
+from . import errors as _errors
+from .errors import *  # noqa: F403  (every exception type, as listed in errors.__all__)
 from .hookspecs import hookimpl
 
 __version__ = "0.1.0"
@@ -35,13 +28,7 @@ __all__ = [
     "build",
     "load",
     "Trainer",
-    "AsvaeKitError",
-    "UnknownComponentError",
-    "PluginError",
-    "ConfigError",
-    "UnsupportedShapeError",
-    "DataError",
-    "CheckpointError",
+    *_errors.__all__,
 ]
 
 _LAZY = {
@@ -55,7 +42,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import distributions
+    from . import distributions  # noqa: F401
     from .builder import build, load
     from .plugin_manager import build_component, describe, list_components
     from .trainer import Trainer

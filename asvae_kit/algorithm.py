@@ -8,22 +8,22 @@ The divergence estimator decides the losses; this module only orders the updates
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from .distributed import DistContext, average_gradients
-from .joint_batch import JointBatch
+from .guard import DivergenceGuard
+from .joint_batch import JointBatch, check_head_count
 
-__all__ = ["AlgorithmStep", "LossCheck"]
-
-#: ``check(term, loss, terms)``: raises when ``loss`` (``"d_loss"`` or ``"g_loss"``) is divergent.
-LossCheck = Callable[[str, torch.Tensor, dict[str, torch.Tensor]], None]
+__all__ = ["AlgorithmStep"]
 
 
 class AlgorithmStep:
-    """``step(x)`` runs one algorithm step on the data batch ``x`` and returns the detached terms."""
+    """``step(x, number=...)`` runs one algorithm step on the data batch ``x`` and returns the
+    detached loss terms; a divergent loss raises ``TrainingDivergedError`` (``guard``)."""
 
     def __init__(
         self,
@@ -36,11 +36,19 @@ class AlgorithmStep:
         disc_optimizer: torch.optim.Optimizer | None,
         config: dict[str, Any],
         dist: DistContext,
-        check_loss: LossCheck,
+        guard: DivergenceGuard,
     ) -> None:
-        self.encoder, self.decoder, self.discriminator, self.divergence = encoder, decoder, discriminator, divergence
-        self.gen_optimizer, self.disc_optimizer = gen_optimizer, disc_optimizer
-        self.config, self.dist, self.check_loss = config, dist, check_loss
+        self.num_heads = int(getattr(divergence, "num_heads", 0))
+        check_head_count(discriminator, self.num_heads, config["divergence"]["name"])
+        self.encoder, self.decoder, self.divergence = encoder, decoder, divergence
+        self.discriminator = discriminator if self.num_heads > 0 else None
+        self.gen_optimizer, self.disc_optimizer = gen_optimizer, disc_optimizer if self.discriminator is not None else None
+        self.config, self.dist, self.guard = config, dist, guard
+        self._where: tuple[int, tuple[Path, int] | None] = (0, None)
+
+    def check_loss(self, term: str, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        """Raise ``TrainingDivergedError`` when ``loss`` (``"d_loss"`` or ``"g_loss"``) is divergent."""
+        self.guard.check_loss(term, loss, terms, *self._where)
 
     def make_batch(self, x: torch.Tensor) -> JointBatch:
         """The step's joint samples for the data batch ``x`` (prior codes drawn here)."""
@@ -76,8 +84,12 @@ class AlgorithmStep:
                 self.discriminator.requires_grad_(True)
         return terms
 
-    def step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Discriminator update(s), then the encoder/decoder update, on the data batch ``x``."""
+    def step(self, x: torch.Tensor, *, number: int = 0, saved: tuple[Path, int] | None = None) -> dict[str, torch.Tensor]:
+        """Discriminator update(s), then the encoder/decoder update, on the data batch ``x``.
+
+        ``number`` (the step's number) and ``saved`` (the run directory and step of the last
+        checkpoint) only go into the message of a divergence."""
+        self._where = (number, saved)
         for module in (self.encoder, self.decoder, self.discriminator):
             if module is not None:
                 module.train()

@@ -17,9 +17,11 @@ from typing import Any, Mapping
 
 import torch
 
+from .algorithm import AlgorithmStep
 from .config import resolve_config
 from .distributed import broadcast_parameters, context_from_env, resolve_device
 from .errors import CheckpointError, ConfigError
+from .guard import DivergenceGuard
 from .optimizers import make_optimizers
 from .plugin_manager import get_registry
 from .rundir import CONFIG_FILE
@@ -73,19 +75,11 @@ def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer
         entry = config["data"]
         factory = get_registry().get("dataset", entry["name"]).factory
         data = ConfiguredData(entry, config["holdout"], lambda e: build_entry("dataset", e), factory, full=dataset)
-    return Trainer(
-        config,
-        encoder=encoder,
-        decoder=decoder,
-        discriminator=discriminator,
-        divergence=divergence,
-        gen_optimizer=gen_optimizer,
-        disc_optimizer=disc_optimizer,
-        data_shape=data_shape,
-        device=device,
-        dist=dist,
-        data=data,
+    algorithm = AlgorithmStep(
+        encoder=encoder, decoder=decoder, discriminator=discriminator, divergence=divergence, gen_optimizer=gen_optimizer,
+        disc_optimizer=disc_optimizer, config=config, dist=dist, guard=DivergenceGuard(config["diverge_factor"]),
     )
+    return Trainer(config, algorithm=algorithm, data_shape=data_shape, device=device, dist=dist, data=data)
 
 
 def build(preset: str | Mapping[str, Any] = DEFAULT_PRESET, /, **overrides: Any) -> Trainer:

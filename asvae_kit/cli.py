@@ -222,8 +222,8 @@ def _load_for_inference(args: argparse.Namespace):
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from .images import interleave_rows, save_image_grid
     from .data import images_and_labels
+    from .images import interleave_rows, save_image_grid
 
     trainer = _load_for_inference(args)
     if args.interpolate:

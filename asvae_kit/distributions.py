@@ -114,14 +114,18 @@ class BernoulliLikelihood:
         )
 
 
-class GaussianLikelihood:
-    """Independent Gaussian pixels N(mean, exp(log_scale)^2); ``mean`` is already in [0, 1]."""
+class _LocationScaleLikelihood:
+    """Independent pixels with location ``mean`` (in [0, 1]) and scale ``exp(log_scale)``."""
 
     has_rsample = True
 
     def __init__(self, mean: torch.Tensor, log_scale: torch.Tensor) -> None:
         self.mean = mean
         self.log_scale = log_scale.expand_as(mean)
+
+
+class GaussianLikelihood(_LocationScaleLikelihood):
+    """Independent Gaussian pixels N(mean, exp(log_scale)^2); ``mean`` is already in [0, 1]."""
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return _gaussian_log_prob(x, self.mean, self.log_scale)
@@ -130,14 +134,8 @@ class GaussianLikelihood:
         return self.mean + torch.exp(self.log_scale) * torch.randn_like(self.mean)
 
 
-class LaplaceLikelihood:
+class LaplaceLikelihood(_LocationScaleLikelihood):
     """Independent Laplace pixels with location ``mean`` (in [0, 1]) and scale exp(log_scale)."""
-
-    has_rsample = True
-
-    def __init__(self, mean: torch.Tensor, log_scale: torch.Tensor) -> None:
-        self.mean = mean
-        self.log_scale = log_scale.expand_as(mean)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return _sum_per_sample(-(x - self.mean).abs() * torch.exp(-self.log_scale) - self.log_scale - math.log(2.0))

@@ -58,11 +58,7 @@ def register_encoders(register: RegisterFn) -> None:
     (``asvae_kit.distributions.GaussianPosterior`` and ``ImplicitPosterior`` are ready-made).
     Raise ``asvae_kit.errors.UnsupportedShapeError`` for shapes it cannot serve.
 
-    Example::
-
-        @asvae_kit.hookimpl
-        def register_encoders(register):
-            register("my-encoder", MyEncoder, description="two-layer Gaussian MLP")
+    Example: ``register("my-encoder", MyEncoder, description="two-layer Gaussian MLP")``.
     """
 
 
@@ -76,11 +72,7 @@ def register_decoders(register: RegisterFn) -> None:
     (``BernoulliLikelihood``, ``GaussianLikelihood``, ``LaplaceLikelihood`` in
     ``asvae_kit.distributions``).
 
-    Example::
-
-        @asvae_kit.hookimpl
-        def register_decoders(register):
-            register("my-decoder", MyDecoder, aliases=("mine",))
+    Example: ``register("my-decoder", MyDecoder, aliases=("mine",))``.
     """
 
 
@@ -92,11 +84,7 @@ def register_discriminators(register: RegisterFn) -> None:
     ``features(x, z) -> h [B, D]``, ``head: nn.Linear(D, num_heads)`` and
     ``forward(x, z) = head(features(x, z))``.  ``num_heads`` comes from the divergence.
 
-    Example::
-
-        @asvae_kit.hookimpl
-        def register_discriminators(register):
-            register("my-critic", MyCritic, description="x-branch CNN, z-branch MLP")
+    Example: ``register("my-critic", MyCritic, description="x-branch CNN, z-branch MLP")``.
     """
 
 
@@ -110,11 +98,7 @@ def register_divergences(register: RegisterFn) -> None:
     ``asvae_kit.joint_batch.JointBatch``.  Head statistics go through
     ``asvae_kit.kernels.fused_disc_head``.
 
-    Example::
-
-        @asvae_kit.hookimpl
-        def register_divergences(register):
-            register("my-gan", MyGanDivergence, description="hinge loss on the joints")
+    Example: ``register("my-gan", MyGanDivergence, description="hinge loss on the joints")``.
     """
 
 
@@ -127,13 +111,7 @@ def register_presets(register: RegisterFn) -> None:
     ``divergence`` and ``data``, plus hyper-parameters (``latent_dim``, ``batch_size``, ``steps``,
     ``optim``, ``seed``...).  Keys it leaves out take the builder's defaults.
 
-    Example::
-
-        @asvae_kit.hookimpl
-        def register_presets(register):
-            register("tiny-asvae", lambda: {"encoder": "mlp", "decoder": "mlp",
-                                            "discriminator": "joint-mlp", "divergence": "asvae",
-                                            "latent_dim": 8})
+    Example: ``register("tiny-asvae", lambda: {"encoder": "mlp", "decoder": "mlp", "discriminator": "joint-mlp", "divergence": "asvae", "latent_dim": 8})``.
     """
 
 
@@ -145,11 +123,7 @@ def register_datasets(register: RegisterFn) -> None:
     (items may be ``(image, label)`` pairs) with a ``data_shape`` attribute ``(C, H, W)``.  It must
     never download silently: downloading happens only when the user passes ``download=True``.
 
-    Example::
-
-        @asvae_kit.hookimpl
-        def register_datasets(register):
-            register("my-faces", MyFaces, description="64x64 RGB faces from data_dir")
+    Example: ``register("my-faces", MyFaces, description="64x64 RGB faces from data_dir")``.
     """
 
 
@@ -157,12 +131,12 @@ def register_datasets(register: RegisterFn) -> None:
 def register_metrics(register: RegisterFn) -> None:
     """Register evaluation metrics.
 
-    Factory: ``fn(trainer, data) -> dict[str, float]`` where ``data`` is an image tensor
-    ``[N, C, H, W]`` on the trainer's device.  ``Trainer.evaluate`` merges the dicts.
+    Factory: ``fn(trainer, data, **options) -> dict[str, float]`` where ``data`` is an image
+    tensor ``[N, C, H, W]`` on the trainer's device.  It may also take, by keyword, ``labels``
+    (the images' integer labels, or ``None``) and ``split`` (``"test"`` or ``"train"``); its other
+    keyword parameters, with defaults, are options (``"nll:k=100"``).  A metric that does not
+    apply to a model raises ``asvae_kit.evaluation.MetricNotApplicable``.
+    ``Trainer.evaluate`` merges the dicts.
 
-    Example::
-
-        @asvae_kit.hookimpl
-        def register_metrics(register):
-            register("pixel-mean", lambda trainer, data: {"pixel_mean": data.mean().item()})
+    Example: ``register("pixel-mean", lambda trainer, data: {"pixel_mean": data.mean().item()})``.
     """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .checks import check_int
 from .errors import UnsupportedShapeError
 
 __all__ = ["SUPPORTED_SIZES", "SUPPORTED_CHANNELS", "check_data_shape", "check_latent_dim", "downsample_sizes"]
@@ -29,9 +30,7 @@ def check_data_shape(data_shape: Sequence[int], component: str) -> tuple[int, in
 
 
 def check_latent_dim(latent_dim: int, component: str) -> int:
-    if not isinstance(latent_dim, int) or isinstance(latent_dim, bool) or latent_dim < 1:
-        raise UnsupportedShapeError(f"{component}: latent_dim must be a positive integer, got {latent_dim!r}")
-    return latent_dim
+    return check_int(latent_dim, f"{component}: latent_dim", error=UnsupportedShapeError)
 
 
 def downsample_sizes(size: int, smallest: int = 4) -> list[int]:

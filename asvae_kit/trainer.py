@@ -17,16 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
-from torch import nn
 
+from .algorithm import AlgorithmStep
 from .checks import check_int
 from .data import BatchStream, check_images, first_images
-from .algorithm import AlgorithmStep
 from .distributed import DistContext, seed_replica_noise
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
-from .guard import DivergenceGuard
 from .inference import Inference
-from .joint_batch import check_head_count
 from .losslog import LossLog
 from .optimizers import set_learning_rates
 from .progress import Progress, progress_mode
@@ -47,20 +44,15 @@ RECON_PAIRS = 32
 class Trainer(Inference):
     """Encoder, decoder, discriminator and divergence with their optimizers and training loop.
 
-    Build one with ``asvae_kit.build(...)`` or ``asvae_kit.load(run_dir)``; the networks arrive on
-    ``device`` and the optimizers over their parameters.
+    Build one with ``asvae_kit.build(...)`` or ``asvae_kit.load(run_dir)``: the builder makes the
+    ``AlgorithmStep`` (networks on ``device``, divergence, optimizers) and the data splits.
     """
 
     def __init__(
         self,
         config: dict[str, Any],
         *,
-        encoder: nn.Module,
-        decoder: nn.Module,
-        discriminator: nn.Module | None,
-        divergence: Any,
-        gen_optimizer: torch.optim.Optimizer,
-        disc_optimizer: torch.optim.Optimizer | None,
+        algorithm: AlgorithmStep,
         data_shape: tuple[int, int, int],
         device: torch.device,
         dist: DistContext,
@@ -69,15 +61,10 @@ class Trainer(Inference):
         self.config, self.dist, self.device = config, dist, device
         self.data_shape = tuple(data_shape)
         self.latent_dim = int(config["latent_dim"])
-        self.divergence = divergence
-        self.num_heads = int(getattr(divergence, "num_heads", 0))
-        check_head_count(discriminator, self.num_heads, config["divergence"]["name"])
-        self.encoder, self.decoder, self.discriminator = encoder, decoder, discriminator if self.num_heads > 0 else None
-        self.gen_optimizer, self.disc_optimizer = gen_optimizer, disc_optimizer if self.discriminator is not None else None
-        self.algorithm = AlgorithmStep(
-            encoder=encoder, decoder=decoder, discriminator=self.discriminator, divergence=divergence, gen_optimizer=gen_optimizer,
-            disc_optimizer=self.disc_optimizer, config=config, dist=dist, check_loss=self._check_loss,
-        )
+        self.algorithm = algorithm  # the networks, the divergence and the optimizers, one step at a time
+        self.encoder, self.decoder, self.discriminator = algorithm.encoder, algorithm.decoder, algorithm.discriminator
+        self.divergence, self.num_heads = algorithm.divergence, algorithm.num_heads
+        self.gen_optimizer, self.disc_optimizer = algorithm.gen_optimizer, algorithm.disc_optimizer
         self.data = data  # the configured data set's splits; training sees only split_data("train")
         self.step = 0
         self.log = LossLog()
@@ -90,7 +77,6 @@ class Trainer(Inference):
         self._recon_images: torch.Tensor | None = None
         self._stream: BatchStream | None = None  # over the configured dataset, kept across fit() calls
         self._stream_state: dict[str, Any] | None = None  # from a checkpoint, applied to the next stream
-        self._guard = DivergenceGuard(config["diverge_factor"])
         self._last_saved_step: int | None = None
 
     def __repr__(self) -> str:
@@ -129,13 +115,10 @@ class Trainer(Inference):
     def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One algorithm step (``self.algorithm``, DESIGN.md §1) on the data batch ``x``: discriminator
         update(s), then the encoder/decoder update.  Returns the detached loss terms."""
-        terms = self.algorithm.step(x)
+        saved = (self.run.path, self._last_saved_step) if self.run is not None and self._last_saved_step is not None else None
+        terms = self.algorithm.step(x, number=self.step + 1, saved=saved)
         self.step += 1
         return terms
-
-    def _check_loss(self, term: str, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
-        saved = (self.run.path, self._last_saved_step) if self.run is not None and self._last_saved_step is not None else None
-        self._guard.check_loss(term, loss, terms, self.step + 1, saved)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, steps: int | None = None, data: Any = None, *, run_dir: str | os.PathLike | None = None, progress: bool | str | None = None) -> "Trainer":

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asvae_kit.checks import check_int, check_number
 from asvae_kit.errors import ConfigError, UnsupportedShapeError
-from asvae_kit.shapes import downsample_sizes
+from asvae_kit.shapes import check_data_shape, check_latent_dim, downsample_sizes
 
 __all__ = ["mlp", "ResBlock", "ConvDownStack", "ConvUpStack", "check_input", "channel_widths", "check_positive_int", "check_hidden"]
 
@@ -28,9 +29,7 @@ def mlp(sizes: Sequence[int], *, final_activation: bool = False, slope: float = 
 
 def check_fraction(value: object, key: str, component: str) -> float:
     """A number in [0, 1) (dropout rates, noise levels); ``ConfigError`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ConfigError(f"{component}: {key} must be a number in [0, 1), got {value!r}")
-    return float(value)
+    return float(check_number(value, f"{component}: {key}", low=0, high=1))
 
 
 def check_input(t: torch.Tensor, expected: Sequence[int], what: str, component: str) -> None:
@@ -98,10 +97,20 @@ class ConvUpStack(nn.Module):
         return self.out(F.leaky_relu(h, 0.2))
 
 
+class Network(nn.Module):
+    """Base of the built-in networks: checks and keeps the image shape and latent size, naming
+    the network (``label``, e.g. ``"encoder 'mlp'"``) in every error."""
+
+    label = "network"
+
+    def __init__(self, data_shape: Sequence[int], latent_dim: int) -> None:
+        super().__init__()
+        self.data_shape = check_data_shape(data_shape, self.label)
+        self.latent_dim = check_latent_dim(latent_dim, self.label)
+
+
 def check_positive_int(value: object, key: str, component: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{component}: {key} must be a positive integer, got {value!r}")
-    return value
+    return check_int(value, f"{component}: {key}")
 
 
 def check_hidden(hidden: object, component: str) -> list[int]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import asvae_kit
+from asvae_kit.checks import check_int
 from asvae_kit.data import ImageDataset
 from asvae_kit.errors import ConfigError, DataError
 from asvae_kit.fileio import atomic_path
@@ -74,9 +75,7 @@ def _check_split(split: str, name: str) -> str:
 def _check_limit(limit: Any, name: str) -> int | None:
     if limit is None:
         return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ConfigError(f"dataset {name!r}: limit must be a positive integer or null, got {limit!r}")
-    return limit
+    return check_int(limit, f"dataset {name!r}: limit", hint=" (or null for all of it)")
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None, name: str, *, download: bool = False, downloadable: bool = True) -> Path:
@@ -297,8 +296,8 @@ def load_image_folder(path: str | None = None, size: int | None = None, channels
         raise DataError(f"dataset 'image-folder': {root} is not a directory")
     if channels not in (None, 1, 3):
         raise ConfigError(f"dataset 'image-folder': channels must be 1, 3 or null (from the first image), got {channels!r}")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ConfigError(f"dataset 'image-folder': size must be a positive integer or null, got {size!r}")
+    if size is not None:
+        check_int(size, "dataset 'image-folder': size", hint=" (or null to keep each image's size)")
     limit = _check_limit(limit, "image-folder")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
@@ -370,19 +369,21 @@ def load_tensor_file(path: str | None = None, limit: int | None = None) -> Image
     return ImageDataset(t.contiguous().float(), name=f"tensor:{p.name}")
 
 
+#: name -> (factory, description), in the order ``asvae-kit list`` shows them.
+DATASETS = {
+    "digits": (load_digits, "The 1797 8x8 handwritten digits bundled with scikit-learn (1x8x8; offline; the default)."),
+    "mnist": (load_mnist, "MNIST (1x28x28) from the original IDX .gz files in data_dir / ASVAE_KIT_DATA, checksum-verified; download=true fetches them."),
+    "fashion-mnist": (
+        load_fashion_mnist,
+        "Fashion-MNIST (1x28x28) from the original IDX .gz files in data_dir / ASVAE_KIT_DATA, SHA-256-verified; download=true fetches them.",
+    ),
+    "cifar10": (load_cifar10, "CIFAR-10 (3x32x32) from the python batch files in data_dir (read without running pickled code)."),
+    "image-folder": (load_image_folder, "PNG/JPEG files under path (recursive), grey or RGB, optionally resized to size x size."),
+    "tensor": (load_tensor_file, "Images from a .npy or .pt file: [N,H,W], [N,C,H,W] or [N,H,W,C]; float in [0,1] or uint8."),
+}
+
+
 @asvae_kit.hookimpl
 def register_datasets(register):
-    register("digits", load_digits, description="The 1797 8x8 handwritten digits bundled with scikit-learn (1x8x8; offline; the default).")
-    register(
-        "mnist",
-        load_mnist,
-        description="MNIST (1x28x28) from the original IDX .gz files in data_dir / ASVAE_KIT_DATA, checksum-verified; download=true fetches them.",
-    )
-    register(
-        "fashion-mnist",
-        load_fashion_mnist,
-        description="Fashion-MNIST (1x28x28) from the original IDX .gz files in data_dir / ASVAE_KIT_DATA, SHA-256-verified; download=true fetches them.",
-    )
-    register("cifar10", load_cifar10, description="CIFAR-10 (3x32x32) from the python batch files in data_dir (read without running pickled code).")
-    register("image-folder", load_image_folder, description="PNG/JPEG files under path (recursive), grey or RGB, optionally resized to size x size.")
-    register("tensor", load_tensor_file, description="Images from a .npy or .pt file: [N,H,W], [N,C,H,W] or [N,H,W,C]; float in [0,1] or uint8.")
+    for name, (factory, description) in DATASETS.items():
+        register(name, factory, description=description)

@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 import asvae_kit
+from asvae_kit.checks import check_number
 from asvae_kit.distributions import BernoulliLikelihood, GaussianLikelihood, LaplaceLikelihood
 from asvae_kit.errors import ConfigError
-from asvae_kit.names import close_matches
-from asvae_kit.shapes import check_data_shape, check_latent_dim
+from asvae_kit.names import did_you_mean
 
-from .blocks import ConvUpStack, check_hidden, check_input, check_positive_int, mlp
+from .blocks import ConvUpStack, Network, check_hidden, check_input, check_positive_int, mlp
 
 __all__ = ["MLPDecoder", "ResNetDecoder", "LIKELIHOODS"]
 
@@ -27,11 +27,8 @@ class _LikelihoodHead(nn.Module):
     def __init__(self, likelihood: str, channels: int, init_scale: float, component: str) -> None:
         super().__init__()
         if likelihood not in LIKELIHOODS:
-            hint = close_matches(str(likelihood), LIKELIHOODS)
-            extra = f" Did you mean {hint[0]!r}?" if hint else ""
-            raise ConfigError(f"{component}: likelihood {likelihood!r} is not one of {', '.join(LIKELIHOODS)}.{extra}")
-        if not init_scale > 0:
-            raise ConfigError(f"{component}: init_scale must be positive, got {init_scale!r}")
+            raise ConfigError(f"{component}: likelihood {likelihood!r} is not one of {', '.join(LIKELIHOODS)}.{did_you_mean(str(likelihood), LIKELIHOODS)}")
+        check_number(init_scale, f"{component}: init_scale", low=0, low_inclusive=False)
         self.likelihood = likelihood
         if likelihood != "bernoulli":
             self.log_scale = nn.Parameter(torch.full((channels, 1, 1), math.log(init_scale)))
@@ -45,53 +42,47 @@ class _LikelihoodHead(nn.Module):
         return cls(torch.sigmoid(out), log_scale)
 
 
-class MLPDecoder(nn.Module):
+class MLPDecoder(Network):
     """Fully connected decoder: LeakyReLU MLP from z to every pixel's likelihood parameter."""
 
+    label = "decoder 'mlp'"  # names this network in its error messages
+
     def __init__(
-        self,
-        *,
-        data_shape: Sequence[int],
-        latent_dim: int,
+        self, *, data_shape: Sequence[int], latent_dim: int,  # from the builder
         hidden: Sequence[int] = (256, 512),
         likelihood: str = "bernoulli",
         init_scale: float = 0.1,
     ) -> None:
-        super().__init__()
-        self.data_shape = check_data_shape(data_shape, "decoder 'mlp'")
-        self.latent_dim = check_latent_dim(latent_dim, "decoder 'mlp'")
-        hidden = check_hidden(hidden, "decoder 'mlp'")
+        super().__init__(data_shape, latent_dim)
+        hidden = check_hidden(hidden, self.label)
         c, h, w = self.data_shape
         self.net = mlp([latent_dim, *hidden, c * h * w])
-        self.likelihood = _LikelihoodHead(likelihood, c, init_scale, "decoder 'mlp'")
+        self.likelihood = _LikelihoodHead(likelihood, c, init_scale, self.label)
 
     def forward(self, z: torch.Tensor):
-        check_input(z, (self.latent_dim,), "codes", "decoder 'mlp'")
+        check_input(z, (self.latent_dim,), "codes", self.label)
         return self.likelihood(self.net(z).view(z.shape[0], *self.data_shape))
 
 
-class ResNetDecoder(nn.Module):
+class ResNetDecoder(Network):
     """Convolutional residual decoder: 4x4 map from z, nearest upsampling + residual blocks to full size."""
 
+    label = "decoder 'resnet'"  # names this network in its error messages
+
     def __init__(
-        self,
-        *,
-        data_shape: Sequence[int],
-        latent_dim: int,
+        self, *, data_shape: Sequence[int], latent_dim: int,  # from the builder
         width: int = 32,
         likelihood: str = "bernoulli",
         init_scale: float = 0.1,
     ) -> None:
-        super().__init__()
-        self.data_shape = check_data_shape(data_shape, "decoder 'resnet'")
-        self.latent_dim = check_latent_dim(latent_dim, "decoder 'resnet'")
-        width = check_positive_int(width, "width", "decoder 'resnet'")
+        super().__init__(data_shape, latent_dim)
+        width = check_positive_int(width, "width", self.label)
         c, size, _ = self.data_shape
         self.net = ConvUpStack(latent_dim, c, size, width)
-        self.likelihood = _LikelihoodHead(likelihood, c, init_scale, "decoder 'resnet'")
+        self.likelihood = _LikelihoodHead(likelihood, c, init_scale, self.label)
 
     def forward(self, z: torch.Tensor):
-        check_input(z, (self.latent_dim,), "codes", "decoder 'resnet'")
+        check_input(z, (self.latent_dim,), "codes", self.label)
         return self.likelihood(self.net(z))
 
 

@@ -10,55 +10,53 @@ each row's logit must depend on its own (x, z) alone.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 import asvae_kit
-from asvae_kit.shapes import check_data_shape, check_latent_dim
+from asvae_kit.checks import check_bool
 
-from asvae_kit.errors import ConfigError
-
-from .blocks import ConvDownStack, check_fraction, check_hidden, check_input, check_positive_int, mlp
+from .blocks import ConvDownStack, Network, check_fraction, check_hidden, check_input, check_positive_int, mlp
 
 __all__ = ["JointMLPDiscriminator", "JointResNetDiscriminator"]
 
 
-class _JointDiscriminator(nn.Module):
-    """features(x, z) = trunk([x_branch(x), z_branch(z)]); forward = head(features)."""
+class _JointDiscriminator(Network):
+    """features(x, z) = trunk([x_branch(x), z_branch(z)]); forward = head(features).
+
+    Subclasses give the x branch: ``make_x_branch(data_shape, hidden) -> (module, out_features)``.
+    """
 
     name = "joint"
 
-    def _check_shapes(self, data_shape: Sequence[int], latent_dim: int, hidden: Sequence[int]) -> list[int]:
-        """Validate and store ``data_shape``/``latent_dim``; return the checked ``hidden`` widths."""
-        component = f"discriminator {self.name!r}"
-        self.data_shape = check_data_shape(data_shape, component)
-        self.latent_dim = check_latent_dim(latent_dim, component)
-        return check_hidden(hidden, component)
+    @property
+    def label(self) -> str:  # type: ignore[override]
+        """Names this network in its error messages."""
+        return f"discriminator {self.name!r}"
 
-    def _init_joint(
-        self, x_branch: nn.Module, x_features: int, latent_dim: int, hidden: list[int], num_heads: int, regularisation: dict
+    def __init__(
+        self, data_shape: Sequence[int], latent_dim: int, num_heads: int, hidden: Sequence[int], regularisation: dict[str, Any],
+        make_x_branch: Callable[[tuple[int, int, int], list[int]], tuple[nn.Module, int]],
     ) -> None:
-        component = f"discriminator {self.name!r}"
-        dropout, input_noise = (check_fraction(regularisation[k], k, component) for k in ("dropout", "input_noise"))
+        super().__init__(data_shape, latent_dim)
+        hidden = check_hidden(hidden, self.label)
+        dropout, input_noise = (check_fraction(regularisation[k], k, self.label) for k in ("dropout", "input_noise"))
         self.input_noise = input_noise
-        self.x_branch = x_branch
+        self.x_branch, x_features = make_x_branch(self.data_shape, hidden)
         self.z_branch = mlp([latent_dim, hidden[0]], final_activation=True)
         self.trunk = mlp([x_features + hidden[0], *hidden], final_activation=True, dropout=dropout)
-        self.num_heads = check_positive_int(num_heads, "num_heads", component)
+        self.num_heads = check_positive_int(num_heads, "num_heads", self.label)
         self.head = nn.Linear(hidden[-1], num_heads)
-        if not isinstance(regularisation["spectral_norm"], bool):
-            raise ConfigError(f"{component}: spectral_norm must be true or false, got {regularisation['spectral_norm']!r}")
-        if regularisation["spectral_norm"]:
+        if check_bool(regularisation["spectral_norm"], f"{self.label}: spectral_norm"):
             for module in list(self.modules()):
                 if isinstance(module, (nn.Linear, nn.Conv2d)):
                     nn.utils.parametrizations.spectral_norm(module)
 
     def features(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        component = f"discriminator {self.name!r}"
-        check_input(x, self.data_shape, "images", component)
-        check_input(z, (self.latent_dim,), "codes", component)
+        check_input(x, self.data_shape, "images", self.label)
+        check_input(z, (self.latent_dim,), "codes", self.label)
         if self.training and self.input_noise > 0:  # instance noise: blurs the two image sets' supports together
             x = x + self.input_noise * torch.randn_like(x)
         return self.trunk(torch.cat([self.x_branch(x), self.z_branch(z)], dim=1))
@@ -73,21 +71,16 @@ class JointMLPDiscriminator(_JointDiscriminator):
     name = "joint-mlp"
 
     def __init__(
-        self,
-        *,
-        data_shape: Sequence[int],
-        latent_dim: int,
-        num_heads: int,
+        self, *, data_shape: Sequence[int], latent_dim: int, num_heads: int,  # from the builder
         hidden: Sequence[int] = (512, 256),
-        dropout: float = 0.0,
-        input_noise: float = 0.0,
-        spectral_norm: bool = False,
+        dropout: float = 0.0, input_noise: float = 0.0, spectral_norm: bool = False,
     ) -> None:
-        super().__init__()
-        hidden = self._check_shapes(data_shape, latent_dim, hidden)
-        c, h, w = self.data_shape
-        x_branch = nn.Sequential(nn.Flatten(), mlp([c * h * w, hidden[0]], final_activation=True))
-        self._init_joint(x_branch, hidden[0], latent_dim, hidden, num_heads, dict(dropout=dropout, input_noise=input_noise, spectral_norm=spectral_norm))
+        def x_branch(shape: tuple[int, int, int], widths: list[int]) -> tuple[nn.Module, int]:
+            c, h, w = shape
+            return nn.Sequential(nn.Flatten(), mlp([c * h * w, widths[0]], final_activation=True)), widths[0]
+
+        regularisation = dict(dropout=dropout, input_noise=input_noise, spectral_norm=spectral_norm)
+        super().__init__(data_shape, latent_dim, num_heads, hidden, regularisation, x_branch)
 
 
 class JointResNetDiscriminator(_JointDiscriminator):
@@ -96,32 +89,22 @@ class JointResNetDiscriminator(_JointDiscriminator):
     name = "joint-resnet"
 
     def __init__(
-        self,
-        *,
-        data_shape: Sequence[int],
-        latent_dim: int,
-        num_heads: int,
+        self, *, data_shape: Sequence[int], latent_dim: int, num_heads: int,  # from the builder
         width: int = 32,
         hidden: Sequence[int] = (512, 256),
-        dropout: float = 0.0,
-        input_noise: float = 0.0,
-        spectral_norm: bool = False,
+        dropout: float = 0.0, input_noise: float = 0.0, spectral_norm: bool = False,
     ) -> None:
-        super().__init__()
-        hidden = self._check_shapes(data_shape, latent_dim, hidden)
-        width = check_positive_int(width, "width", f"discriminator {self.name!r}")
-        c, size, _ = self.data_shape
-        x_branch = ConvDownStack(c, size, width)
-        self._init_joint(
-            x_branch, x_branch.out_features, latent_dim, hidden, num_heads, dict(dropout=dropout, input_noise=input_noise, spectral_norm=spectral_norm)
-        )
+        width = check_positive_int(width, "width", self.label)
+
+        def x_branch(shape: tuple[int, int, int], widths: list[int]) -> tuple[nn.Module, int]:
+            stack = ConvDownStack(shape[0], shape[1], width)
+            return stack, stack.out_features
+
+        regularisation = dict(dropout=dropout, input_noise=input_noise, spectral_norm=spectral_norm)
+        super().__init__(data_shape, latent_dim, num_heads, hidden, regularisation, x_branch)
 
 
 @asvae_kit.hookimpl
 def register_discriminators(register):
     register("joint-mlp", JointMLPDiscriminator, description="T(x, z): fully connected x branch, z branch and joint trunk; one logit per head.")
-    register(
-        "joint-resnet",
-        JointResNetDiscriminator,
-        description="T(x, z): convolutional residual x branch, fully connected z branch and joint trunk; one logit per head.",
-    )
+    register("joint-resnet", JointResNetDiscriminator, description="T(x, z): convolutional residual x branch, fully connected z branch and joint trunk; one logit per head.")

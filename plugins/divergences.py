@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 import asvae_kit
-from asvae_kit.joint_batch import MEAN, SOFTPLUS, SOFTPLUS_NEG, JointBatch, head_statistics
+from asvae_kit.checks import check_bool, check_number
 from asvae_kit.errors import ConfigError
+from asvae_kit.joint_batch import MEAN, SOFTPLUS, SOFTPLUS_NEG, JointBatch, head_statistics
 
 __all__ = ["ELBO", "AVB", "ALI", "ASVAE"]
 
@@ -22,9 +23,7 @@ Diagnostics = dict[str, torch.Tensor]
 
 
 def _check_weight(value: object, key: str, divergence: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ConfigError(f"divergence {divergence!r}: {key} must be a non-negative number, got {value!r}")
-    return float(value)
+    return float(check_number(value, f"divergence {divergence!r}: {key}", low=0, expected="a non-negative number"))
 
 
 def _detached(**terms: torch.Tensor) -> Diagnostics:
@@ -100,9 +99,7 @@ class ASVAE:
     def __init__(self, lambda_x: float = 1.0, lambda_z: float = 1.0, analytic_kl: bool = False) -> None:
         self.lambda_x = _check_weight(lambda_x, "lambda_x", "asvae")
         self.lambda_z = _check_weight(lambda_z, "lambda_z", "asvae")
-        if not isinstance(analytic_kl, bool):
-            raise ConfigError(f"divergence 'asvae': analytic_kl must be true or false, got {analytic_kl!r}")
-        self.analytic_kl = analytic_kl
+        self.analytic_kl = check_bool(analytic_kl, "divergence 'asvae': analytic_kl")
 
     def discriminator_loss(self, discriminator: nn.Module, batch: JointBatch) -> tuple[torch.Tensor, Diagnostics]:
         q, p, m = 0, 1, 2

@@ -9,9 +9,8 @@ from torch import nn
 
 import asvae_kit
 from asvae_kit.distributions import GaussianPosterior, ImplicitPosterior
-from asvae_kit.shapes import check_data_shape, check_latent_dim
 
-from .blocks import ConvDownStack, check_hidden, check_input, check_positive_int, mlp
+from .blocks import ConvDownStack, Network, check_hidden, check_input, check_positive_int, mlp
 
 __all__ = ["MLPEncoder", "ImplicitMLPEncoder", "ResNetEncoder"]
 
@@ -30,50 +29,47 @@ class _GaussianHead(nn.Module):
         return GaussianPosterior(mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
 
 
-class MLPEncoder(nn.Module):
+class MLPEncoder(Network):
     """Fully connected Gaussian encoder: flatten, LeakyReLU MLP, (mean, logvar)."""
 
+    label = "encoder 'mlp'"  # names this network in its error messages
+
     def __init__(self, *, data_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (512, 256)) -> None:
-        super().__init__()
-        self.data_shape = check_data_shape(data_shape, "encoder 'mlp'")
-        self.latent_dim = check_latent_dim(latent_dim, "encoder 'mlp'")
-        hidden = check_hidden(hidden, "encoder 'mlp'")
+        super().__init__(data_shape, latent_dim)
+        hidden = check_hidden(hidden, self.label)
         c, h, w = self.data_shape
         self.body = mlp([c * h * w, *hidden], final_activation=True)
         self.head = _GaussianHead(hidden[-1], latent_dim)
 
     def forward(self, x: torch.Tensor) -> GaussianPosterior:
-        check_input(x, self.data_shape, "images", "encoder 'mlp'")
+        check_input(x, self.data_shape, "images", self.label)
         return self.head(self.body(x.flatten(1)))
 
 
-class ImplicitMLPEncoder(nn.Module):
+class ImplicitMLPEncoder(Network):
     """Implicit encoder: z = net(x, eps), eps ~ N(0, I); no closed-form density.
 
     ``log q(z|x)`` is taken as a Gaussian around ``mean = net(x, 0)`` with a learned diagonal
     standard deviation (``ImplicitPosterior``), which is what the ``asvae`` objective's ℓ_z uses.
     """
 
+    label = "encoder 'mlp-implicit'"  # names this network in its error messages
+
     def __init__(
-        self,
-        *,
-        data_shape: Sequence[int],
-        latent_dim: int,
+        self, *, data_shape: Sequence[int], latent_dim: int,  # from the builder
         hidden: Sequence[int] = (512, 256),
         noise_dim: int = 16,
         init_log_scale: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.data_shape = check_data_shape(data_shape, "encoder 'mlp-implicit'")
-        self.latent_dim = check_latent_dim(latent_dim, "encoder 'mlp-implicit'")
-        self.noise_dim = check_positive_int(noise_dim, "noise_dim", "encoder 'mlp-implicit'")
-        hidden = check_hidden(hidden, "encoder 'mlp-implicit'")
+        super().__init__(data_shape, latent_dim)
+        self.noise_dim = check_positive_int(noise_dim, "noise_dim", self.label)
+        hidden = check_hidden(hidden, self.label)
         c, h, w = self.data_shape
         self.net = mlp([c * h * w + noise_dim, *hidden, latent_dim])
         self.log_scale = nn.Parameter(torch.full((latent_dim,), float(init_log_scale)))
 
     def forward(self, x: torch.Tensor) -> ImplicitPosterior:
-        check_input(x, self.data_shape, "images", "encoder 'mlp-implicit'")
+        check_input(x, self.data_shape, "images", self.label)
         flat = x.flatten(1)
         eps = torch.randn(flat.shape[0], self.noise_dim, device=x.device, dtype=x.dtype)
         both = self.net(torch.cat([flat.repeat(2, 1), torch.cat([eps, torch.zeros_like(eps)])], dim=1))
@@ -81,20 +77,20 @@ class ImplicitMLPEncoder(nn.Module):
         return ImplicitPosterior(z, mean, self.log_scale)
 
 
-class ResNetEncoder(nn.Module):
+class ResNetEncoder(Network):
     """Convolutional residual Gaussian encoder: strided residual blocks down to 4x4, then (mean, logvar)."""
 
+    label = "encoder 'resnet'"  # names this network in its error messages
+
     def __init__(self, *, data_shape: Sequence[int], latent_dim: int, width: int = 32) -> None:
-        super().__init__()
-        self.data_shape = check_data_shape(data_shape, "encoder 'resnet'")
-        self.latent_dim = check_latent_dim(latent_dim, "encoder 'resnet'")
-        width = check_positive_int(width, "width", "encoder 'resnet'")
+        super().__init__(data_shape, latent_dim)
+        width = check_positive_int(width, "width", self.label)
         c, size, _ = self.data_shape
         self.body = ConvDownStack(c, size, width)
         self.head = _GaussianHead(self.body.out_features, latent_dim)
 
     def forward(self, x: torch.Tensor) -> GaussianPosterior:
-        check_input(x, self.data_shape, "images", "encoder 'resnet'")
+        check_input(x, self.data_shape, "images", self.label)
         return self.head(self.body(x))
 
 

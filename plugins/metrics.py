@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 import asvae_kit
-from asvae_kit.joint_batch import JointBatch
+from asvae_kit.checks import check_int
 from asvae_kit.evaluation import MetricNotApplicable
+from asvae_kit.joint_batch import JointBatch
 
 __all__ = ["recon", "nll", "fd", "skl", "probe", "fid", "inception_score", "reconstruction_mse", "elbo_bound", "objective"]
 
@@ -88,8 +89,7 @@ def nll(trainer, data: torch.Tensor, *, k: int = 1000, n: int = 256, batch: int 
     from asvae_kit.distributions import standard_normal_log_prob
 
     for key, value in (("k", k), ("n", n), ("batch", batch)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise asvae_kit.ConfigError(f"metric 'nll': {key} must be a positive integer, got {value!r}")
+        check_int(value, f"metric 'nll': {key}")
     data = data[:n]
     per_image = []
     images_per_pass = max(1, batch // k)
