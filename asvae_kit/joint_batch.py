@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .kernels import fused_disc_head
 
 __all__ = ["JointBatch", "Divergence", "head_statistics", "check_head_count", "MEAN", "SOFTPLUS", "SOFTPLUS_NEG"]
 
@@ -119,8 +120,6 @@ def head_statistics(
     discriminator: nn.Module, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]
 ) -> torch.Tensor:
     """``[S, K, 3]`` statistics (mean l, mean softplus(l), mean softplus(-l)) of each (x, z) segment."""
-    from asvae_kit.kernels import fused_disc_head
-
     x = torch.cat([p[0] for p in pairs]) if len(pairs) > 1 else pairs[0][0]
     z = torch.cat([p[1] for p in pairs]) if len(pairs) > 1 else pairs[0][1]
     h = discriminator.features(x, z)

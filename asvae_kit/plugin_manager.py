@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import pluggy
 
-from . import hookspecs
+from . import __version__, hookspecs
 from .errors import PluginError
 from .names import is_valid_name
 from .registry import ComponentEntry, PluginRecord, Registry
@@ -77,8 +77,6 @@ def _package_version() -> str | None:
     try:
         return metadata.version("asvae-kit")
     except metadata.PackageNotFoundError:
-        from . import __version__
-
         return __version__
 
 

@@ -23,6 +23,7 @@ from .checks import check_int
 from .data import BatchStream, check_images, first_images
 from .distributed import DistContext, seed_replica_noise
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
+from .evaluation import Evaluation, evaluate
 from .inference import Inference
 from .losslog import LossLog
 from .optimizers import set_learning_rates
@@ -32,7 +33,6 @@ from .rundir import CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, RunDirect
 from .signals import StopSignals, TrainingStopped
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .evaluation import Evaluation
     from .splits import ConfiguredData, DataSplit
 
 __all__ = ["Trainer", "TrainingDivergedError", "CONFIG_FILE", "MODEL_FILE", "STATE_FILE", "METRICS_FILE"]
@@ -208,8 +208,6 @@ class Trainer(Inference):
         """The metrics (default ``config['metrics']``; ``"fd"``, ``"nll:k=100"`` or ``{"name": ...}``) on
         up to ``eval_size`` images of ``split`` (``"test"``: held out from training; or ``"train"``)
         or of ``data``; see ``asvae_kit.evaluation.evaluate``."""
-        from .evaluation import evaluate  # it reads the registry; training never needs to
-
         return evaluate(self, metrics, split, data)
 
     # -- persistence ---------------------------------------------------------------------------

@@ -20,6 +20,9 @@ import torch.nn.functional as F
 
 import asvae_kit
 from asvae_kit.checks import check_int
+from asvae_kit.classifier import classifier_features, frechet_distance, project_classifier
+from asvae_kit.data import images_and_labels
+from asvae_kit.distributions import GaussianPosterior, standard_normal_log_prob
 from asvae_kit.evaluation import MetricNotApplicable
 from asvae_kit.joint_batch import JointBatch
 
@@ -72,8 +75,6 @@ def _explicit_posterior(trainer, x: torch.Tensor):
 
 def _repeat_posterior(trainer, x: torch.Tensor, posterior, k: int):
     """q(z|x) for ``x`` repeated ``k`` times (sample-major), without re-encoding a Gaussian."""
-    from asvae_kit.distributions import GaussianPosterior
-
     if isinstance(posterior, GaussianPosterior):
         return GaussianPosterior(posterior.mean.repeat(k, 1), posterior.logvar.repeat(k, 1))
     return trainer.encoder(x.repeat(k, *([1] * (x.dim() - 1))))
@@ -86,8 +87,6 @@ def nll(trainer, data: torch.Tensor, *, k: int = 1000, n: int = 256, batch: int 
     ELBO).  Also reports bits per dimension and the Monte Carlo standard error over images.
     With a Bernoulli decoder on grey-level pixels this is the usual Bernoulli NLL, comparable
     between Bernoulli models only."""
-    from asvae_kit.distributions import standard_normal_log_prob
-
     for key, value in (("k", k), ("n", n), ("batch", batch)):
         check_int(value, f"metric 'nll': {key}")
     data = data[:n]
@@ -134,8 +133,6 @@ def elbo_bound(trainer, data: torch.Tensor) -> dict[str, float]:
 
 
 def _training_split(trainer, what: str):
-    from asvae_kit.data import images_and_labels
-
     if trainer.config["data"].get("name") is None:
         raise MetricNotApplicable(f"{what} needs the configured data set's labelled training split, and this trainer has none (data=None)")
     images, labels = images_and_labels(trainer.split_data("train").dataset)
@@ -152,8 +149,6 @@ def fd(trainer, data: torch.Tensor, *, seed: int = 0) -> dict[str, float]:
     in the features of the project classifier (``asvae_kit.classifier``), trained on the data
     set's training split and cached.  Not FID: comparable only between runs on the same data.
     ``fd_train`` is the same distance for real training images, the floor at this sample size."""
-    from asvae_kit.classifier import classifier_features, frechet_distance, project_classifier
-
     images, labels = _training_split(trainer, "fd (FD on the project classifier)")
     with torch.enable_grad():
         info = project_classifier(images, labels, progress=lambda message: print(message, file=sys.stderr))
