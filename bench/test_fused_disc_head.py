@@ -16,6 +16,21 @@ Timing: every case is first run a few times outside the measurement (Triton and 
 there), then timed with ``benchmark.pedantic``.  On a GPU each timed round ends with
 ``torch.cuda.synchronize()``, so a round is the wall-clock time of the launched work, and
 ``triton.testing.do_bench`` adds the median GPU time (``extra_info["do_bench_ms"]``).
+
+Call overhead (``test_call_overhead``, group ``fused_disc_head call overhead``): one eager
+forward+backward on small CPU tensors (N=256, D=64, K=3, S=3, float32, ``impl="torch"``), where
+the arithmetic is cheap and the host-side cost of a call shows:
+
+* ``public``    -- ``fused_disc_head`` + ``torch.autograd.grad``: validation once, the eager
+  ``torch.autograd.Function``;
+* ``reference`` -- ``fused_disc_head_reference`` (no grad) then
+  ``fused_disc_head_reference_backward`` called directly: the same arithmetic with no autograd,
+  validation or dispatch (the floor);
+* ``op``        -- ``torch.ops.asvae_kit.fused_disc_head`` + ``torch.autograd.grad``: the
+  registered op, what compiled graphs call (it validates in the forward and the backward op).
+
+``public - reference`` is the overhead of a call.  These use pytest-benchmark's own calibration
+(``--benchmark-min-rounds`` and ``--benchmark-max-time`` apply).
 """
 
 from __future__ import annotations
@@ -26,7 +41,11 @@ import pytest
 import torch
 import torch._dynamo
 
-from asvae_kit.kernels import fused_disc_head, fused_disc_head_reference
+from asvae_kit.kernels import (
+    fused_disc_head,
+    fused_disc_head_reference,
+    fused_disc_head_reference_backward,
+)
 
 # One compiled function serves every shape and mode: allow the recompiles (static shapes) and make
 # hitting the limit an error rather than a silent fall back to eager.
@@ -130,3 +149,41 @@ def test_fused_disc_head(benchmark, N, D, mode, impl):
         benchmark.extra_info["do_bench_ms"] = triton.testing.do_bench(step, warmup=25, rep=100)
     else:
         benchmark.pedantic(step, rounds=_rounds(N, D), iterations=1, warmup_rounds=1)
+
+
+OVERHEAD_N, OVERHEAD_D, OVERHEAD_K = 256, 64, 3
+OVERHEAD_CALLS = ["public", "reference", "op"]
+
+
+@pytest.mark.parametrize("call", OVERHEAD_CALLS)
+def test_call_overhead(benchmark, call):
+    N, D, Kh = OVERHEAD_N, OVERHEAD_D, OVERHEAD_K
+    benchmark.group = f"fused_disc_head call overhead N={N} D={D} K={Kh} S={S} fwd+bwd cpu"
+    benchmark.extra_info.update(N=N, D=D, K=Kh, S=S, mode="fwd+bwd", call=call, impl="torch",
+                                dtype="float32", device="cpu", torch_threads=torch.get_num_threads())
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(N, D, generator=gen).requires_grad_()
+    w = (torch.randn(Kh, D, generator=gen) / D**0.5).requires_grad_()
+    b = torch.randn(Kh, generator=gen).requires_grad_()
+    g = torch.randn(S, Kh, 3, generator=gen)
+    sizes = [N // 3, N // 3, N - 2 * (N // 3)]
+
+    if call == "public":
+        def step():
+            out = fused_disc_head(h, w, b, sizes, impl="torch")
+            return torch.autograd.grad(out, (h, w, b), g)
+    elif call == "op":
+        def step():
+            out = torch.ops.asvae_kit.fused_disc_head(h, w, b, sizes, "torch")
+            return torch.autograd.grad(out, (h, w, b), g)
+    else:
+        def step():
+            with torch.no_grad():
+                fused_disc_head_reference(h, w, b, sizes)
+            return fused_disc_head_reference_backward(g, h, w, b, sizes)
+
+    # Every route computes the same gradients (a broken path is never timed).
+    want = fused_disc_head_reference_backward(g, h, w, b, sizes)
+    for got, expected in zip(step(), want):
+        torch.testing.assert_close(got, expected)
+    benchmark(step)

@@ -3,19 +3,31 @@
 What lives where:
 
 * this module: the public function :func:`fused_disc_head` (validation, autocast, choice of
-  implementation), the ``torch.library`` custom ops ``asvae_kit::fused_disc_head`` and
-  ``asvae_kit::fused_disc_head_backward`` with their fake (meta) kernels, the autograd formula
-  (``register_autograd``, which builds the ``torch.autograd.Function``), and the fallback logic.
-  It never imports Triton, so ``import asvae_kit`` (and ``import asvae_kit.kernels``) stays
-  Triton-free while the op is registered from the start and ``torch.compile`` sees it.
+  implementation), the eager-mode ``torch.autograd.Function`` it calls, the ``torch.library``
+  custom ops ``asvae_kit::fused_disc_head`` and ``asvae_kit::fused_disc_head_backward`` with their
+  fake (meta) kernels and autograd formula (``register_autograd``), the fallback logic, and
+  :data:`MAX_TRITON_HEADS` (the one definition of the Triton kernels' head limit).  It never
+  imports Triton, so ``import asvae_kit`` (and ``import asvae_kit.kernels``) stays Triton-free
+  while the op is registered from the start and ``torch.compile`` sees it.
 * :mod:`asvae_kit.kernels.fused_disc_head_triton`: the Triton forward and backward kernels and
   their launchers, imported on the first call that runs Triton.
 * :mod:`asvae_kit.kernels.reference`: the pure-PyTorch reference (forward and backward).
 
-Registering the op through ``torch.library`` (rather than calling a Python autograd Function)
-makes it one opaque node for ``torch.compile``: no graph break, fake tensors get their shape from
-the fake kernel, and the compiled graph calls the op at run time, which then picks the Triton or
-the PyTorch path for the real tensors.  The op is first-order differentiable (no double backward).
+Two routes to the same implementations, chosen per call by :func:`fused_disc_head` after it has
+validated its inputs (once):
+
+* eager (not tracing): ``_FusedDiscHead``, a thin ``torch.autograd.Function`` whose forward and
+  backward call the Triton launchers or the reference directly.  Nothing is validated again, and
+  the implementation is picked once per call (the backward reuses the forward's choice): beyond
+  the kernels, a call costs a few microseconds of checks and one autograd node.
+* traced (``torch.compile``, ``torch.export``, ``make_fx``, fake tensors): the registered op.
+  Registering it through ``torch.library`` makes it one opaque node for ``torch.compile``: no
+  graph break, fake tensors get their shape from the fake kernel, and the compiled graph calls the
+  op at run time, which then picks the Triton or the PyTorch path for the real tensors.  The ops
+  validate their inputs themselves (a few microseconds), since they are also reachable directly
+  as ``torch.ops.asvae_kit.fused_disc_head`` / ``fused_disc_head_backward``.
+
+Both routes are first-order differentiable (no double backward).
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import importlib
 import importlib.util
 import operator
 import os
+import sys
 import warnings
 from types import ModuleType
 from typing import Callable, Sequence, TypeVar
@@ -39,8 +52,10 @@ __all__ = ["fused_disc_head", "IMPLS", "MAX_TRITON_HEADS", "ENV_VAR"]
 IMPLS = ("auto", "triton", "torch")
 #: Environment variable holding the default ``impl``.
 ENV_VAR = "ASVAE_KIT_KERNELS"
-#: Largest number of heads K the Triton kernels take (``impl="auto"`` uses the reference above it).
-MAX_TRITON_HEADS = 16  # == fused_disc_head_triton.MAX_HEADS (not imported: that imports Triton)
+#: Largest number of heads K the Triton kernels take (they unroll a loop over the heads);
+#: ``impl="auto"`` uses the reference above it.  The one definition: ``fused_disc_head_triton``
+#: imports it as its ``MAX_HEADS`` (this module must not import that one: it imports Triton).
+MAX_TRITON_HEADS = 16
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _AUTOCAST_DEVICES = ("cuda", "cpu", "xpu", "mps", "hpu")
@@ -84,7 +99,8 @@ def fused_disc_head(
         large).  Failures are raised, never hidden.
         ``"torch"`` -- the pure-PyTorch reference (:mod:`asvae_kit.kernels.reference`).
         ``None`` (default) -- ``$ASVAE_KIT_KERNELS`` (``auto|triton|torch``), else ``"auto"``; it
-        is read when the op runs, so a compiled function follows later changes of the variable.
+        is read on every call (in a compiled function, when the op runs), so later changes of the
+        variable take effect.  A call's backward uses the implementation its forward chose.
 
     The Triton kernels use no atomics: their results are bitwise reproducible run to run.
 
@@ -115,8 +131,21 @@ def fused_disc_head(
         # What autocast does for nn.Linear: floating tensors other than float64 take its dtype.
         dtype = torch.get_autocast_dtype(device_type)
         h, weight, bias = _autocast_cast(h, dtype), _autocast_cast(weight, dtype), _autocast_cast(bias, dtype)
-    sizes = _validate(h, weight, bias, segment_sizes)
-    return torch.ops.asvae_kit.fused_disc_head(h, weight, bias, sizes, impl_arg)
+    sizes = _check_values(h, weight, bias, segment_sizes)  # the one validation of this call
+    if _tracing():
+        # One opaque node for torch.compile & co.; the graph calls the op on every run.
+        return torch.ops.asvae_kit.fused_disc_head(h, weight, bias, sizes, impl_arg)
+    impl_name, module = _pick(impl_arg, h, weight)
+    return _FusedDiscHead.apply(h, weight, bias, sizes, impl_name, module)
+
+
+def _tracing() -> bool:
+    """Whether this call is traced or transformed -- dynamo, a dispatch mode (fake tensors,
+    ``make_fx``), a ``torch.func`` transform -- where the registered op must be used (one opaque
+    node with a fake kernel and an autograd formula; ``torch.func`` transforms get the op's
+    behaviour, as before).  Three C calls, well under a microsecond."""
+    return (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
+            or torch._C._are_functorch_transforms_active())
 
 
 def _autocast_cast(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -134,8 +163,14 @@ def _check_tensors(h: object, weight: object, bias: object) -> None:
 
 
 def _validate(h: Tensor, weight: Tensor, bias: Tensor, segment_sizes: Sequence[int]) -> list[int]:
-    """Check shapes, dtypes, devices and segments; return the segment sizes as a list of ints."""
+    """All the checks (for the ops, which direct ``torch.ops`` callers reach unchecked)."""
     _check_tensors(h, weight, bias)
+    return _check_values(h, weight, bias, segment_sizes)
+
+
+def _check_values(h: Tensor, weight: Tensor, bias: Tensor, segment_sizes: Sequence[int]) -> list[int]:
+    """Check shapes, dtypes, devices and segments of tensors (``_check_tensors`` passed); return
+    the segment sizes as a list of ints."""
     if h.dim() != 2:
         raise ValueError(f"fused_disc_head: h must be 2-D [N, D]; got shape {tuple(h.shape)}")
     if weight.dim() != 2:
@@ -238,8 +273,18 @@ def _record_failure(reason: str) -> None:
             f"the rest of this process (set {ENV_VAR}=torch to choose it explicitly, or "
             f"{ENV_VAR}=triton to see the error)",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=_caller_stacklevel(),
         )
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` pointing at the first frame outside this package and torch (the user's
+    call), whichever route (autograd.Function, op, backward) led here."""
+    skip = (os.path.dirname(__file__) + os.sep, os.path.dirname(torch.__file__) + os.sep)
+    frame, level = sys._getframe(2), 2  # level 1 is _record_failure, the warn() caller
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
+        frame, level = frame.f_back, level + 1
+    return level if frame is not None else 1
 
 
 def _require_triton(h: Tensor, weight: Tensor) -> ModuleType:
@@ -296,18 +341,28 @@ def _auto_triton_module(h: Tensor, weight: Tensor) -> ModuleType | None:
     return module
 
 
-def _dispatch(impl: str, h: Tensor, weight: Tensor,
-              run_triton: Callable[[ModuleType], T], run_torch: Callable[[], T]) -> T:
+def _pick(impl: str, h: Tensor, weight: Tensor) -> tuple[str, ModuleType | None]:
+    """Resolve ``impl`` (``"default"``: ``$ASVAE_KIT_KERNELS``) and the Triton module to run
+    (None: the reference).  Raises what ``impl="triton"`` or a bad variable call for."""
     if impl == "default":
         impl = _default_impl()
     if impl == "torch":
-        return run_torch()
+        return impl, None
     if impl == "triton":
-        return run_triton(_require_triton(h, weight))
+        return impl, _require_triton(h, weight)
     if impl != "auto":
         raise ValueError(f"fused_disc_head: impl={impl!r} is not one of {IMPLS}")
-    module = _auto_triton_module(h, weight)
+    return impl, _auto_triton_module(h, weight)
+
+
+def _run(impl: str, module: ModuleType | None,
+         run_triton: Callable[[ModuleType], T], run_torch: Callable[[], T]) -> T:
+    """Run what :func:`_pick` chose; ``impl="auto"`` falls back to the reference if Triton fails."""
     if module is None:
+        return run_torch()
+    if impl != "auto":
+        return run_triton(module)
+    if _State.failure is not None:  # Triton failed since the choice was made
         return run_torch()
     try:
         return run_triton(module)
@@ -316,6 +371,52 @@ def _dispatch(impl: str, h: Tensor, weight: Tensor,
     except Exception as exc:  # compilation or launch failure
         _record_failure(f"the Triton kernel failed ({type(exc).__name__}: {exc})")
         return run_torch()
+
+
+def _dispatch(impl: str, h: Tensor, weight: Tensor,
+              run_triton: Callable[[ModuleType], T], run_torch: Callable[[], T]) -> T:
+    impl, module = _pick(impl, h, weight)
+    return _run(impl, module, run_triton, run_torch)
+
+
+# --------------------------------------------------------------------------------------------
+# Eager path: a thin autograd.Function (inputs validated and implementation picked by the caller)
+
+
+class _FusedDiscHead(torch.autograd.Function):
+    """``fused_disc_head`` for eager calls: the chosen implementation, forward and backward, with
+    no validation and no second choice of implementation (the backward reuses the forward's).
+
+    The old-style ``forward(ctx, ...)`` on purpose: with a separate ``setup_context``,
+    ``Function.apply`` binds the arguments through ``inspect.signature`` on every call (~30 us).
+    ``torch.func`` transforms, which need that style, are not supported by the registered op
+    either; :func:`_tracing` sends such calls to the op, so they behave exactly as before.
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, sizes: list[int], impl: str,
+                module: ModuleType | None) -> Tensor:
+        ctx.save_for_backward(h, weight, bias)  # the inputs only: the logits are recomputed
+        ctx.sizes, ctx.impl, ctx.module = sizes, impl, module
+        return _run(
+            impl, module,
+            lambda triton_impl: triton_impl.forward(h, weight, bias, sizes),
+            lambda: fused_disc_head_reference(h, weight, bias, sizes),
+        )
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        h, weight, bias = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        sizes, need_wb = ctx.sizes, need_w or need_b
+        gh, gw, gb = _run(
+            ctx.impl, ctx.module,
+            lambda triton_impl: triton_impl.backward(grad_out, h, weight, bias, sizes, need_h, need_wb),
+            lambda: fused_disc_head_reference_backward(grad_out, h, weight, bias, sizes, need_h, need_wb),
+        )
+        return (gh if need_h else None, gw if need_w else None, gb if need_b else None,
+                None, None, None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,7 +428,9 @@ def _fused_disc_head_op(
     h: Tensor, weight: Tensor, bias: Tensor, segment_sizes: list[int], impl: str
 ) -> Tensor:
     """``[S, K, 3]`` head statistics; ``impl`` is ``auto|triton|torch`` or ``default`` (env)."""
-    sizes = _validate(h, weight, bias, segment_sizes)  # also guards direct torch.ops callers
+    # The public function validated already, but compiled graphs and direct torch.ops callers
+    # reach the op without it; the checks cost a few microseconds.
+    sizes = _validate(h, weight, bias, segment_sizes)
     return _dispatch(
         impl, h, weight,
         lambda triton_impl: triton_impl.forward(h, weight, bias, sizes),
@@ -346,7 +449,7 @@ def _fused_disc_head_backward_op(
     need_grad_h: bool, need_grad_weight_bias: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients w.r.t. ``(h, weight, bias)``; a skipped one comes back as an empty tensor."""
-    sizes = _validate(h, weight, bias, segment_sizes)
+    sizes = _validate(h, weight, bias, segment_sizes)  # reached directly too (torch.ops, compiled graphs)
     S, K = len(sizes), weight.shape[0]
     if tuple(grad_out.shape) != (S, K, 3):
         raise ValueError(f"fused_disc_head backward: grad_out must have shape {(S, K, 3)}; got "

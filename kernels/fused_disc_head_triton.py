@@ -46,12 +46,13 @@ import torch
 import triton
 import triton.language as tl
 
+from .fused_disc_head import MAX_TRITON_HEADS as MAX_HEADS
 from .reference import compute_dtype
 
 __all__ = ["forward", "backward", "INTERPRETED", "MAX_HEADS"]
 
-#: Largest K the kernels accept: they unroll a loop over the heads.
-MAX_HEADS = 16
+# MAX_HEADS, the largest K the kernels accept (they unroll a loop over the heads), is defined once,
+# as fused_disc_head.MAX_TRITON_HEADS: that module decides before importing this one (and Triton).
 
 # Launch parameters for a GPU.  Checked by compiling for sm_90 (no GPU was available to time
 # them): with these, neither kernel spills registers for K <= 4 (about 60-120 registers a thread).

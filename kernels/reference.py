@@ -14,8 +14,9 @@ Two functions live here:
 * :func:`fused_disc_head_reference` -- the forward, written with ordinary differentiable PyTorch
   ops, so autograd through it is an independent check of the hand-written backward.
 * :func:`fused_disc_head_reference_backward` -- the analytic backward in plain PyTorch.  It is what
-  the registered op runs for its backward when the Triton kernels are not used.  Like the Triton
-  backward it recomputes the logits instead of saving an ``[N, K]`` tensor::
+  ``fused_disc_head`` runs for its backward (eager autograd.Function or registered op) when the
+  Triton kernels are not used.  Like the Triton backward it recomputes the logits instead of
+  saving an ``[N, K]`` tensor::
 
       dl[n, k] = (g[s, k, 0] + g[s, k, 1] * sigmoid(l) - g[s, k, 2] * sigmoid(-l)) / size[s]
       grad_h = dl @ weight,   grad_weight = dl.T @ h,   grad_bias = dl.sum(0)

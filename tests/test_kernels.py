@@ -81,6 +81,32 @@ def test_gradcheck_op_float64():
     assert torch.autograd.gradcheck(lambda h, w, b: fused_disc_head(h, w, b, [1, 2, 3], impl="torch"), args)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("needs", [(True, True, True), (True, False, False), (False, True, False),
+                                   (False, False, True)])
+def test_eager_route_equals_the_op_route(dtype, needs):
+    """The eager autograd.Function and the registered op (what compiled graphs call) run the same
+    implementation: identical values and gradients, whichever inputs need them."""
+    h, w, b = make(N=13, D=6, Kh=3, seed=12, dtype=dtype)
+    g = torch.randn(3, 3, 3, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    results = []
+    for run in (lambda *a: fused_disc_head(*a, [5, 1, 7], impl="torch"),
+                lambda *a: torch.ops.asvae_kit.fused_disc_head(*a, [5, 1, 7], "torch")):
+        leaves = [t.detach().clone().requires_grad_(need) for t, need in zip((h, w, b), needs)]
+        out = run(*leaves)
+        wanted = [leaf for leaf in leaves if leaf.requires_grad]
+        results.append((out, *torch.autograd.grad(out, wanted, g)))
+    for eager, op in zip(*results):
+        assert eager.dtype == op.dtype and torch.equal(eager, op)
+
+
+def test_eager_route_is_first_order_only():
+    h, w, b = make(requires_grad=True)
+    grad_h, = torch.autograd.grad(fused_disc_head(h, w, b, [4, 6]).sum(), h, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(grad_h.sum(), h)
+
+
 def test_op_backward_matches_autograd_through_the_reference():
     h, w, b = make(N=30, D=7, Kh=3, seed=4, requires_grad=True)
     g = torch.randn(3, 3, 3)
@@ -164,6 +190,48 @@ def test_direct_op_calls_are_validated_too():
     h, w, b = make()
     with pytest.raises(ValueError, match=r"sum to 9, but h has N=10"):
         torch.ops.asvae_kit.fused_disc_head(h, w, b, [4, 5], "torch")
+    with pytest.raises(TypeError, match=r"weight must be a torch.Tensor"):
+        torch.ops.asvae_kit.fused_disc_head(h, None, b, [10], "torch")
+    with pytest.raises(ValueError, match=r"sum to 9, but h has N=10"):
+        torch.ops.asvae_kit.fused_disc_head_backward(torch.zeros(2, 2, 3), h, w, b, [4, 5], "torch",
+                                                     True, True)
+
+
+@pytest.fixture
+def validation_calls(monkeypatch):
+    """Count the validation functions' calls (``_validate`` is the ops' own, full check)."""
+    calls = {"_check_tensors": 0, "_check_values": 0, "_validate": 0}
+    for name in calls:
+        real = getattr(fdh, name)
+
+        def counted(*args, _name=name, _real=real):
+            calls[_name] += 1
+            return _real(*args)
+
+        monkeypatch.setattr(fdh, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("impl", ["torch", "auto", None, pytest.param("triton", marks=needs_triton)])
+def test_inputs_are_validated_once_per_forward_and_backward(validation_calls, impl):
+    h, w, b = make(requires_grad=True)
+    out = fused_disc_head(h, w, b, [4, 6], impl=impl)
+    torch.autograd.grad(out, (h, w, b), torch.randn(2, 2, 3))
+    assert validation_calls == {"_check_tensors": 1, "_check_values": 1, "_validate": 0}
+
+
+def test_validated_once_under_autocast(validation_calls):
+    h, w, b = make(requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused_disc_head(h, w, b, [4, 6])
+    out.sum().backward()
+    assert validation_calls == {"_check_tensors": 1, "_check_values": 1, "_validate": 0}
+
+
+def test_eager_calls_use_the_autograd_function_not_the_op():
+    h, w, b = make(requires_grad=True)
+    out = fused_disc_head(h, w, b, [4, 6])
+    assert type(out.grad_fn).__name__ == "_FusedDiscHeadBackward"
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,8 +327,9 @@ def test_auto_falls_back_with_one_warning_when_the_kernel_fails(monkeypatch):
     attempts = []
     _pretend_cuda(monkeypatch, _broken_kernels(attempts))
     h, w, b = make(requires_grad=True)
-    with pytest.warns(RuntimeWarning, match=r"the Triton kernel failed \(RuntimeError: PTX assembly failed.*falling back"):
+    with pytest.warns(RuntimeWarning, match=r"the Triton kernel failed \(RuntimeError: PTX assembly failed.*falling back") as record:
         out = fused_disc_head(h, w, b, [3, 7])
+    assert record[0].filename == __file__  # the warning points at the caller, not at the kernels
     torch.testing.assert_close(out, fused_disc_head_reference(h, w, b, [3, 7]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning, and no second attempt
@@ -355,6 +424,37 @@ def test_torch_compile_no_graph_break_same_values():
         torch.testing.assert_close(a, e)
     explanation = torch._dynamo.explain(_loss)(*_compile_inputs())
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+def test_torch_compile_graph_calls_the_op():
+    """Under torch.compile the public function emits the registered op (one opaque node), not the
+    eager autograd.Function; the compiled run validates in the op, not in the public function."""
+    torch._dynamo.reset()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(_loss, fullgraph=True, backend=backend)
+    compiled(*_compile_inputs(seed=11))
+    assert len(graphs) == 1
+    targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    assert any("asvae_kit.fused_disc_head" in t for t in targets), targets
+    assert not any("FusedDiscHead" in t for t in targets), targets
+
+
+def test_make_fx_and_fake_tensors_get_the_op():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    h, w, b = make()
+    gm = make_fx(lambda h, w, b: fused_disc_head(h, w, b, [4, 6]))(h, w, b)
+    assert [str(n.target) for n in gm.graph.nodes if n.op == "call_function"] == \
+        ["asvae_kit.fused_disc_head.default"]
+    with FakeTensorMode() as mode:
+        out = fused_disc_head(*(mode.from_tensor(t) for t in (h, w, b)), [4, 6], impl="triton")
+    assert out.shape == (2, 2, 3)
 
 
 def test_torch_compile_dynamic_shapes():

@@ -108,11 +108,14 @@ def assert_within(name, got, ref, scale, *, acc_tol, rtol, atol=0.0):
             f"error {err.flatten()[i].item():.3e} > allowed {allowed.flatten()[i].item():.3e}")
 
 
-def check_against_fp64(h, w, b, sizes, grad_out, impl="triton"):
-    """Run the op (forward and backward through autograd) and compare with float64."""
+def check_against_fp64(h, w, b, sizes, grad_out, impl="triton", op=fused_disc_head):
+    """Run the op (forward and backward through autograd) and compare with float64.
+
+    ``op`` is the public function by default (eager: its autograd.Function); pass a compiled
+    wrapper of it to check the route through the registered op."""
     dtype = h.dtype
     leaves = [t.detach().requires_grad_() for t in (h, w, b)]
-    out = fused_disc_head(*leaves, sizes, impl=impl)
+    out = op(*leaves, sizes, impl=impl)
     assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     grads = torch.autograd.grad(out, leaves, grad_out.to(out.dtype))
     ref_out, ref_grads = reference64(h, w, b, sizes, grad_out)
@@ -151,9 +154,11 @@ class Case:
         w = torch.randn(K, D, generator=gen, dtype=torch.float64) * (self.scale / math.sqrt(D))
         b = torch.randn(K, generator=gen, dtype=torch.float64) * self.scale
         g = torch.randn(S, K, 3, generator=gen, dtype=torch.float64)
+        h, w, b, g = (t.to(DEVICE) for t in (h, w, b, g))
         h, w, b = (t.to(self.dtype) for t in (h, w, b))
+        # on the device already: .to(DEVICE) would make the strided layouts contiguous
         h, w, b = relayout(h, self.layout), relayout_w(w, self.layout), b
-        return tuple(t.to(DEVICE) for t in (h, w, b, g))
+        return h, w, b, g
 
 
 def relayout(h, layout):
@@ -162,7 +167,7 @@ def relayout(h, layout):
         return h.t().contiguous().t()  # column-major
     if layout == "strided":
         N, D = h.shape
-        big = torch.zeros(2 * N, 3 * D, dtype=h.dtype)
+        big = torch.zeros(2 * N, 3 * D, dtype=h.dtype, device=h.device)
         big[::2, 1::3] = h
         return big[::2, 1::3]  # strides (6D, 3), storage offset 1
     return h
@@ -173,7 +178,7 @@ def relayout_w(w, layout):
         return w.t().contiguous().t()
     if layout == "strided":
         K, D = w.shape
-        big = torch.zeros(K, 2 * D, dtype=w.dtype)
+        big = torch.zeros(K, 2 * D, dtype=w.dtype, device=w.device)
         big[:, ::2] = w
         return big[:, ::2]
     return w
@@ -239,13 +244,40 @@ def test_non_contiguous_inputs(layout, impl):
     check_against_fp64(h, w, b, list(case.sizes), g, impl=impl)
 
 
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_route_matches_float64_reference(impl, dtype):
+    """Under torch.compile the public function emits the registered op (the eager tests above go
+    through the autograd.Function): same float64 contract, forward and backward."""
+    torch._dynamo.reset()
+    compiled = torch.compile(fused_disc_head, fullgraph=True, dynamic=False, backend="aot_eager")
+    case = Case((5, 1, 30), 70, 3, dtype, layout="h_transposed", seed=13)
+    h, w, b, g = case.tensors()
+    check_against_fp64(h, w, b, list(case.sizes), g, impl=impl, op=compiled)
+
+
+@pytest.mark.parametrize("needs", [(True, True, True), (True, False, False), (False, True, True)])
+def test_eager_and_op_routes_agree_bitwise(needs):
+    """The eager autograd.Function and the registered op launch the same Triton kernels."""
+    case = Case((40, 1, 23), 50, 2, torch.float32, seed=14)
+    h, w, b, g = case.tensors()
+    results = []
+    for run in (lambda *a: fused_disc_head(*a, list(case.sizes), impl="triton"),
+                lambda *a: torch.ops.asvae_kit.fused_disc_head(*a, list(case.sizes), "triton")):
+        leaves = [t.detach().clone().requires_grad_(need) for t, need in zip((h, w, b), needs)]
+        out = run(*leaves)
+        results.append((out, *torch.autograd.grad(out, [t for t in leaves if t.requires_grad], g.float())))
+    for eager, op in zip(*results):
+        assert torch.equal(eager, op)
+
+
 def test_expanded_inputs_and_grad_out():
     """Stride-0 ``h`` rows, a strided bias and an expanded (stride-0) ``grad_out``."""
     gen = torch.Generator().manual_seed(3)
-    h = torch.randn(1, 9, generator=gen).expand(12, 9).to(DEVICE)
-    w = torch.randn(2, 9, generator=gen).to(DEVICE)
-    b = torch.randn(2, 2, generator=gen)[:, 1].to(DEVICE)
-    g = torch.randn(1, 2, 3, generator=gen).expand(3, 2, 3).to(DEVICE)
+    h = torch.randn(1, 9, generator=gen).to(DEVICE).expand(12, 9)  # views made on the device:
+    w = torch.randn(2, 9, generator=gen).to(DEVICE)  # .to() would copy them contiguous
+    b = torch.randn(2, 2, generator=gen).to(DEVICE)[:, 1]
+    g = torch.randn(1, 2, 3, generator=gen).to(DEVICE).expand(3, 2, 3)
     assert h.stride(0) == 0 and b.stride(0) == 2 and g.stride(0) == 0
     check_against_fp64(h, w, b, [4, 4, 4], g)
 
@@ -328,9 +360,6 @@ def test_triton_rejects_too_many_heads():
     # the reference takes any K
     assert fused_disc_head(h, w, b, [4], impl="torch").shape == (1, K.MAX_TRITON_HEADS + 1, 3)
 
-
-def test_max_heads_constant_matches_the_kernels():
-    assert K.MAX_TRITON_HEADS == fdt.MAX_HEADS
 
 
 # --------------------------------------------------------------------------------------------
