@@ -2,7 +2,9 @@
 
 ``n_critic`` discriminator updates on the step's joint samples, the generator outputs detached;
 then one encoder/decoder update on the divergence's objective with the discriminator frozen.
-Under data parallelism the gradients are averaged across processes before each optimizer step.
+Under data parallelism the gradients are averaged across processes before each optimizer step;
+then they are clipped (``optim.clip_grad_norm``), and after the encoder/decoder step the weight
+average moves (``ema``).  The learning rates follow ``optim.schedule`` by step number.
 The divergence estimator decides the losses; this module only orders the updates.
 """
 
@@ -15,8 +17,10 @@ import torch
 from torch import nn
 
 from .distributed import DistContext, average_gradients
+from .ema import EMA
 from .guard import DivergenceGuard
 from .joint_batch import JointBatch, check_head_count
+from .optimizers import clip_gradients, is_scheduled, lr_factor, set_learning_rates
 
 __all__ = ["AlgorithmStep"]
 
@@ -37,13 +41,14 @@ class AlgorithmStep:
         config: dict[str, Any],
         dist: DistContext,
         guard: DivergenceGuard,
+        ema: EMA | None = None,
     ) -> None:
         self.num_heads = int(getattr(divergence, "num_heads", 0))
         check_head_count(discriminator, self.num_heads, config["divergence"]["name"])
         self.encoder, self.decoder, self.divergence = encoder, decoder, divergence
         self.discriminator = discriminator if self.num_heads > 0 else None
         self.gen_optimizer, self.disc_optimizer = gen_optimizer, disc_optimizer if self.discriminator is not None else None
-        self.config, self.dist, self.guard = config, dist, guard
+        self.config, self.dist, self.guard, self.ema = config, dist, guard, ema
         self._where: tuple[int, tuple[Path, int] | None] = (0, None)
 
     def check_loss(self, term: str, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
@@ -65,6 +70,8 @@ class AlgorithmStep:
             self.disc_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
             average_gradients(self.discriminator.parameters(), self.dist)
+            optim = self.config["optim"]
+            clip_gradients(self.disc_optimizer, optim["disc_clip_grad_norm"] or optim["clip_grad_norm"])
             self.disc_optimizer.step()
         return terms
 
@@ -78,7 +85,10 @@ class AlgorithmStep:
             self.gen_optimizer.zero_grad(set_to_none=True)
             g_loss.backward()
             average_gradients((p for group in self.gen_optimizer.param_groups for p in group["params"]), self.dist)
+            clip_gradients(self.gen_optimizer, self.config["optim"]["clip_grad_norm"])
             self.gen_optimizer.step()
+            if self.ema is not None:
+                self.ema.update()
         finally:
             if self.discriminator is not None:
                 self.discriminator.requires_grad_(True)
@@ -90,6 +100,9 @@ class AlgorithmStep:
         ``number`` (the step's number) and ``saved`` (the run directory and step of the last
         checkpoint) only go into the message of a divergence."""
         self._where = (number, saved)
+        optim = self.config["optim"]
+        if is_scheduled(optim):
+            set_learning_rates(optim, self.gen_optimizer, self.disc_optimizer, lr_factor(optim, number - 1, self.config["steps"]))
         for module in (self.encoder, self.decoder, self.discriminator):
             if module is not None:
                 module.train()

@@ -18,8 +18,9 @@ from typing import Any, Mapping
 import torch
 
 from .algorithm import AlgorithmStep
-from .config import resolve_config
+from .config import parse_spec, resolve_config
 from .distributed import broadcast_parameters, context_from_env, resolve_device
+from .ema import EMA
 from .errors import CheckpointError, ConfigError
 from .guard import DivergenceGuard
 from .optimizers import make_optimizers
@@ -65,6 +66,8 @@ def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer
     decoder = build_entry("decoder", config["decoder"], **context)
     discriminator = build_entry("discriminator", config["discriminator"], num_heads=num_heads, **context) if num_heads > 0 else None
 
+    if config["threads"] is not None:
+        torch.set_num_threads(config["threads"])
     dist = context_from_env()
     device = resolve_device(config["device"], dist)
     networks = [m.to(device) for m in (encoder, decoder, discriminator) if m is not None]
@@ -78,8 +81,10 @@ def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer
     algorithm = AlgorithmStep(
         encoder=encoder, decoder=decoder, discriminator=discriminator, divergence=divergence, gen_optimizer=gen_optimizer,
         disc_optimizer=disc_optimizer, config=config, dist=dist, guard=DivergenceGuard(config["diverge_factor"]),
+        ema=EMA({"encoder": encoder, "decoder": decoder}, config["ema"]) if config["ema"] else None,
     )
-    return Trainer(config, algorithm=algorithm, data_shape=data_shape, device=device, dist=dist, data=data)
+    loggers = [build_entry("logger", parse_spec(spec, "logger")) for spec in config["loggers"]] if dist.is_main else []
+    return Trainer(config, algorithm=algorithm, data_shape=data_shape, device=device, dist=dist, data=data, loggers=loggers)
 
 
 def build(preset: str | Mapping[str, Any] = DEFAULT_PRESET, /, **overrides: Any) -> Trainer:
@@ -97,7 +102,7 @@ def build(preset: str | Mapping[str, Any] = DEFAULT_PRESET, /, **overrides: Any)
 #: Keys ``load`` lets a caller change: where and how long to go on, never what the model is.
 LOAD_OVERRIDES = (
     "steps", "log_every", "sample_every", "checkpoint_every", "device", "metrics", "eval_size", "diverge_factor", "keep_checkpoints",
-    "optim.lr", "optim.disc_lr",
+    "loggers", "threads", "optim.lr", "optim.disc_lr",
 )
 
 

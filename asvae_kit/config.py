@@ -20,13 +20,25 @@ from .names import KINDS, article, did_you_mean
 from .plugin_manager import get_registry
 from .registry import check_config_keys
 
-__all__ = ["COMPONENT_KINDS", "DEFAULTS", "OPTIM_DEFAULTS", "resolve_config", "apply_overrides", "parse_value", "parse_metric", "validate_config"]
+__all__ = ["COMPONENT_KINDS", "DEFAULTS", "OPTIM_DEFAULTS", "resolve_config", "apply_overrides", "parse_value", "parse_spec", "parse_metric", "validate_config", "SCHEDULES"]
 
 #: config key -> component kind, for the kinds a config names one of (its data set under "data");
-#: presets and metrics are not config entries.
-COMPONENT_KINDS = {("data" if kind == "dataset" else kind): kind for kind in KINDS if kind not in ("preset", "metric")}
+#: presets are not config entries, and metrics and loggers are lists of them.
+COMPONENT_KINDS = {("data" if kind == "dataset" else kind): kind for kind in KINDS if kind not in ("preset", "metric", "logger")}
 
-OPTIM_DEFAULTS: dict[str, Any] = {"lr": 2e-4, "betas": [0.5, 0.999], "n_critic": 1, "disc_lr": None, "weight_decay": 0.0}
+OPTIM_DEFAULTS: dict[str, Any] = {
+    "lr": 2e-4,
+    "betas": [0.5, 0.999],
+    "n_critic": 1,
+    "disc_lr": None,
+    "weight_decay": 0.0,
+    "schedule": "constant",  # or "cosine": the learning rates decay to 0 at the run's last step
+    "warmup_steps": 0,  # linear warm-up from 0 over this many steps, before the schedule
+    "clip_grad_norm": None,  # clip the encoder/decoder gradients to this norm (None: no clipping)
+    "disc_clip_grad_norm": None,  # the same for the discriminator (None: clip_grad_norm)
+}
+#: Learning-rate schedules ``optim.schedule`` may name.
+SCHEDULES = ("constant", "cosine")
 
 #: Every top-level key with its default (component entries come from the preset).
 DEFAULTS: dict[str, Any] = {
@@ -51,6 +63,9 @@ DEFAULTS: dict[str, Any] = {
     "holdout": 0.1,
     "diverge_factor": 1000.0,
     "keep_checkpoints": 2,
+    "loggers": ["csv"],
+    "ema": None,
+    "threads": None,
 }
 
 
@@ -114,22 +129,28 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_metric(spec: str | Mapping[str, Any]) -> dict[str, Any]:
-    """``"nll"``, ``"nll:k=100:n=64"`` or ``{"name": "nll", "k": 100}`` -> ``{"name": ..., **options}``."""
+def parse_spec(spec: str | Mapping[str, Any], kind: str = "metric") -> dict[str, Any]:
+    """A metric or logger in a list: ``"nll"``, ``"nll:k=100:n=64"`` or ``{"name": "nll", "k": 100}``
+    -> ``{"name": ..., **options}``."""
     if isinstance(spec, Mapping):
         if not isinstance(spec.get("name"), str):
-            raise ConfigError(f"a metric entry needs a 'name', got {dict(spec)!r}")
+            raise ConfigError(f"{article(kind)} entry needs a 'name', got {dict(spec)!r}")
         return dict(spec)
     if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"a metric is a name like 'fd' or 'nll:k=100', got {spec!r}")
+        raise ConfigError(f"{article(kind)} is a name like 'fd' or 'nll:k=100', got {spec!r}")
     name, *pairs = spec.strip().split(":")
     entry: dict[str, Any] = {"name": name.strip()}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"metric {spec!r}: options are KEY=VALUE after ':' (e.g. 'nll:k=100'), got {pair!r}")
+            raise ConfigError(f"{kind} {spec!r}: options are KEY=VALUE after ':' (e.g. 'nll:k=100'), got {pair!r}")
         entry[key.strip()] = parse_value(value.strip())
     return entry
+
+
+def parse_metric(spec: str | Mapping[str, Any]) -> dict[str, Any]:
+    """``parse_spec`` for a metric."""
+    return parse_spec(spec, "metric")
 
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -153,9 +174,13 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         config["data_shape"] = list(ds)
     if config["data"].get("name") is None and config["data_shape"] is None:
         raise ConfigError("config has no data (data=None) and no data_shape; give one of them so the networks know the image shape")
-    metrics = config["metrics"]
-    if not isinstance(metrics, list) or not all(isinstance(m, (str, dict)) for m in metrics):
-        raise ConfigError(f"config 'metrics' must be a list of metric names (or {{'name': ..., **options}}), got {metrics!r}")
+    for key in ("metrics", "loggers"):
+        if not isinstance(config[key], list) or not all(isinstance(m, (str, dict)) for m in config[key]):
+            raise ConfigError(f"config {key!r} must be a list of {key[:-1]} names (or {{'name': ..., **options}}), got {config[key]!r}")
+    if config["ema"] is not None and config["ema"] != 0:
+        check_number(config["ema"], "config 'ema'", low=0, high=1, low_inclusive=False, expected="null/0 (off) or a decay in (0, 1), e.g. 0.999")
+    if config["threads"] is not None:
+        check_int(config["threads"], "config 'threads'", hint=" (or null for torch's default)")
     factor = config["diverge_factor"]
     if factor is not None and factor != 0:
         check_number(
@@ -183,6 +208,12 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     optim["betas"] = [float(b) for b in betas]
     check_int(optim["n_critic"], "config 'optim.n_critic'")
     check_number(optim["weight_decay"], "config 'optim.weight_decay'", low=0)
+    if optim["schedule"] not in SCHEDULES:
+        raise ConfigError(f"config 'optim.schedule' must be one of {', '.join(SCHEDULES)}, got {optim['schedule']!r}.{did_you_mean(str(optim['schedule']), SCHEDULES)}")
+    check_int(optim["warmup_steps"], "config 'optim.warmup_steps'", minimum=0)
+    for key in ("clip_grad_norm", "disc_clip_grad_norm"):
+        if optim[key] is not None:
+            check_number(optim[key], f"config 'optim.{key}'", low=0, low_inclusive=False, expected="a positive number or null (no clipping)")
 
     registry = get_registry()
     for key, kind in COMPONENT_KINDS.items():
@@ -192,8 +223,13 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         component = registry.get(kind, entry["name"])
         entry["name"] = component.name  # aliases resolve to the registered name
         check_config_keys(component, {k: v for k, v in entry.items() if k != "name"}, allow_context=False)
-    for spec in metrics:
+    for spec in config["metrics"]:
         registry.get("metric", parse_metric(spec)["name"])
+    for i, spec in enumerate(config["loggers"]):
+        entry = parse_spec(spec, "logger")
+        logger = registry.get("logger", entry["name"])
+        check_config_keys(logger, {k: v for k, v in entry.items() if k != "name"})
+        config["loggers"][i] = spec if isinstance(spec, dict) or ":" in spec else logger.name
     try:
         json.dumps(config, allow_nan=False)
     except (TypeError, ValueError) as exc:

@@ -45,6 +45,7 @@ HOOK_KINDS = {
     "register_presets": "preset",
     "register_datasets": "dataset",
     "register_metrics": "metric",
+    "register_loggers": "logger",
 }
 
 
@@ -139,4 +140,19 @@ def register_metrics(register: RegisterFn) -> None:
     ``Trainer.evaluate`` merges the dicts.
 
     Example: ``register("pixel-mean", lambda trainer, data: {"pixel_mean": data.mean().item()})``.
+    """
+
+
+@hookspec
+def register_loggers(register: RegisterFn) -> None:
+    """Register experiment loggers (where a run's numbers and pictures go besides the run directory).
+
+    Factory: ``factory(**options) -> Logger``, called when the trainer is built (so a missing
+    package fails there, in one line: raise ``asvae_kit.errors.ConfigError`` naming the ``pip
+    install``).  A ``Logger`` has ``start(run_dir: Path, config: dict)`` (each ``fit`` that writes a
+    run directory; a resumed run starts again), ``log_row(row: dict[str, float])`` (every logged
+    row: ``step``, the averaged loss terms, ``time_s``, ``steps_per_s``), ``log_images(name: str,
+    images: Tensor [N, C, H, W] in [0, 1], step: int)`` (``"samples"`` and ``"reconstructions"`` at
+    every sample step) and ``close()`` (end of ``fit``).  Only the main process logs.
+    Example: ``register("my-logger", MyLogger, description="rows to my tracking server")``.
     """

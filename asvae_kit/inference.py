@@ -2,12 +2,13 @@
 
 ``Inference`` is the part of ``Trainer``'s public API that only reads the networks; it needs
 ``encoder``, ``decoder``, ``latent_dim``, ``data_shape`` and ``device`` from the class it is mixed
-into.
+into, and uses the weight average (``ema``) when there is one.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+import contextlib
+from typing import Any, ContextManager, Iterator
 
 import torch
 from torch import nn
@@ -28,6 +29,11 @@ class Inference:
     latent_dim: int
     data_shape: tuple[int, int, int]
     device: torch.device
+    ema: Any = None  # an ``asvae_kit.ema.EMA`` when the run averages its weights
+
+    def averaged(self) -> ContextManager[None]:
+        """The weights inference uses for the duration: the EMA average when the run keeps one."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
 
     def networks(self) -> Iterator[tuple[str, nn.Module]]:
         """``(name, module)`` for each network present (the discriminator only when trained)."""
@@ -46,6 +52,10 @@ class Inference:
         """``n`` images ``[n, C, H, W]`` (the decoder's mean at z ~ p(z)); ``seed`` makes them repeatable."""
         check_int(n, "sample(n): n", error=ValueError)
         self.eval_mode()
+        with self.averaged():
+            return self._decode(n, seed, z)
+
+    def _decode(self, n: int, seed: int | None, z: torch.Tensor | None) -> torch.Tensor:
         if z is None:
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
             z = torch.randn(n, self.latent_dim, generator=generator)
@@ -75,10 +85,12 @@ class Inference:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The posterior mean E[z|x], ``[B, latent_dim]``."""
         self.eval_mode()
-        return self.encoder(self._as_input(x)).mean
+        with self.averaged():
+            return self.encoder(self._as_input(x)).mean
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """decoder(encode(x)).mean, ``[B, C, H, W]``."""
         self.eval_mode()
-        return self.decoder(self.encoder(self._as_input(x)).mean).mean
+        with self.averaged():
+            return self.decoder(self.encoder(self._as_input(x)).mean).mean

@@ -1,17 +1,20 @@
-"""The two optimizers of a run: one for the encoder and decoder, one for the discriminator.
+"""The two optimizers of a run, their learning-rate schedule and gradient clipping.
 
-Both are Adam with ``config['optim']``'s betas and weight decay; the discriminator's learning rate
-is ``optim.disc_lr`` when set, else ``optim.lr``.
+Both are Adam with ``config['optim']``'s betas and weight decay, one for the encoder and decoder,
+one for the discriminator; the discriminator's learning rate is ``optim.disc_lr`` when set, else
+``optim.lr``.  The schedule (``optim.schedule``, ``optim.warmup_steps``) is a function of the step
+alone, so a resumed run follows it exactly.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["make_optimizers", "set_learning_rates"]
+__all__ = ["make_optimizers", "set_learning_rates", "lr_factor", "is_scheduled", "clip_gradients"]
 
 
 def make_optimizers(optim: dict[str, Any], encoder: nn.Module, decoder: nn.Module, discriminator: nn.Module | None) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
@@ -24,9 +27,32 @@ def make_optimizers(optim: dict[str, Any], encoder: nn.Module, decoder: nn.Modul
     return gen, disc
 
 
-def set_learning_rates(optim: dict[str, Any], gen: torch.optim.Optimizer, disc: torch.optim.Optimizer | None) -> None:
-    """Give both optimizers the learning rates of ``optim`` (e.g. after loading older state)."""
+def set_learning_rates(optim: dict[str, Any], gen: torch.optim.Optimizer, disc: torch.optim.Optimizer | None, factor: float = 1.0) -> None:
+    """Give both optimizers the learning rates of ``optim`` times ``factor`` (the schedule's)."""
     for group in gen.param_groups:
-        group["lr"] = optim["lr"]
+        group["lr"] = optim["lr"] * factor
     for group in disc.param_groups if disc is not None else ():
-        group["lr"] = optim["disc_lr"] or optim["lr"]
+        group["lr"] = (optim["disc_lr"] or optim["lr"]) * factor
+
+
+def lr_factor(optim: dict[str, Any], step: int, total: int) -> float:
+    """The learning-rate multiplier at (0-based) ``step`` of a ``total``-step run: linear warm-up
+    over ``optim.warmup_steps``, then ``constant`` (1) or ``cosine`` (1 down to 0 at the end)."""
+    warmup = optim.get("warmup_steps", 0)
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if optim.get("schedule", "constant") == "cosine":
+        span = max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+    return 1.0
+
+
+def is_scheduled(optim: dict[str, Any]) -> bool:
+    """Whether the learning rates change during the run."""
+    return bool(optim.get("warmup_steps")) or optim.get("schedule", "constant") != "constant"
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None) -> None:
+    """Clip the gradients of ``optimizer``'s parameters to ``max_norm`` (no-op for ``None``)."""
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_norm)

@@ -50,6 +50,7 @@ BUILTIN_MODULES = (
     "asvae_kit.plugins.presets",
     "asvae_kit.plugins.datasets",
     "asvae_kit.plugins.metrics",
+    "asvae_kit.plugins.loggers",
 )
 
 

@@ -14,7 +14,7 @@ import signal
 import uuid
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 
@@ -23,7 +23,9 @@ from .checks import check_int
 from .data import BatchStream, check_images, first_images
 from .distributed import DistContext, seed_replica_noise
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
+from .ema import RAW_PREFIX
 from .evaluation import Evaluation, evaluate
+from .images import interleave_rows
 from .inference import Inference
 from .losslog import LossLog
 from .optimizers import set_learning_rates
@@ -31,6 +33,7 @@ from .progress import Progress, progress_mode
 from .rng import capture_rng, restore_rng
 from .rundir import CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, RunDirectory
 from .signals import StopSignals, TrainingStopped
+from .threads import warn_if_oversubscribed
 
 if TYPE_CHECKING:  # pragma: no cover
     from .splits import ConfiguredData, DataSplit
@@ -57,6 +60,7 @@ class Trainer(Inference):
         device: torch.device,
         dist: DistContext,
         data: ConfiguredData | None = None,
+        loggers: Sequence[Any] = (),
     ) -> None:
         self.config, self.dist, self.device = config, dist, device
         self.data_shape = tuple(data_shape)
@@ -64,7 +68,8 @@ class Trainer(Inference):
         self.algorithm = algorithm  # the networks, the divergence and the optimizers, one step at a time
         self.encoder, self.decoder, self.discriminator = algorithm.encoder, algorithm.decoder, algorithm.discriminator
         self.divergence, self.num_heads = algorithm.divergence, algorithm.num_heads
-        self.gen_optimizer, self.disc_optimizer = algorithm.gen_optimizer, algorithm.disc_optimizer
+        self.gen_optimizer, self.disc_optimizer, self.ema = algorithm.gen_optimizer, algorithm.disc_optimizer, algorithm.ema
+        self.loggers = list(loggers)  # built from config['loggers']; fed on the main process only
         self.data = data  # the configured data set's splits; training sees only split_data("train")
         self.step = 0
         self.log = LossLog()
@@ -143,7 +148,14 @@ class Trainer(Inference):
             if writes:
                 self.run.prepare(fresh=self.step == 0)  # type: ignore[union-attr]
                 self.run.write_config(self.config, self.data_shape)  # type: ignore[union-attr]
-            self._train_until(self.config["steps"], stream, writes, progress_mode(progress) if self.dist.is_main else "off", stop)
+                for logger in self.loggers:
+                    logger.start(self.run.path, self.config)  # type: ignore[union-attr]
+            warn_if_oversubscribed(torch.get_num_threads())
+            try:
+                self._train_until(self.config["steps"], stream, writes, progress_mode(progress) if self.dist.is_main else "off", stop)
+            finally:
+                for logger in self.loggers if writes else ():
+                    logger.close()
         return self
 
     def _train_until(self, total: int, stream: BatchStream, writes: bool, mode: str, stop: StopSignals) -> None:
@@ -199,8 +211,8 @@ class Trainer(Inference):
 
     def _log_row(self) -> dict[str, float]:
         row = self.log.row(self.step)
-        if self.run is not None and self.dist.is_main:
-            self.run.append_metrics(row)
+        for logger in self.loggers if self.run is not None and self.dist.is_main else ():
+            logger.log_row(row)
         return row
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -208,7 +220,8 @@ class Trainer(Inference):
         """The metrics (default ``config['metrics']``; ``"fd"``, ``"nll:k=100"`` or ``{"name": ...}``) on
         up to ``eval_size`` images of ``split`` (``"test"``: held out from training; or ``"train"``)
         or of ``data``; see ``asvae_kit.evaluation.evaluate``."""
-        return evaluate(self, metrics, split, data)
+        with self.averaged():
+            return evaluate(self, metrics, split, data)
 
     # -- persistence ---------------------------------------------------------------------------
     def _use_run_dir(self, run_dir: str | os.PathLike) -> RunDirectory:
@@ -222,11 +235,20 @@ class Trainer(Inference):
         if run is None:
             raise ValueError("save_grids() needs a run directory: trainer.save_grids('runs/my-run')")
         x = self._recon_images
-        run.write_grids(self.step, self.sample(GRID_SIZE, z=self.fixed_z), x, self.reconstruct(x) if x is not None else None)
+        samples, pairs = self.sample(GRID_SIZE, z=self.fixed_z), interleave_rows(x, self.reconstruct(x)) if x is not None else None
+        run.write_grids(self.step, samples, pairs)
+        for name, images in (("samples", samples), ("reconstructions", pairs)):
+            for logger in self.loggers if images is not None else ():
+                logger.log_images(name, images, self.step)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """All network weights, flat, prefixed ``encoder.``/``decoder.``/``discriminator.``."""
-        return {f"{name}.{k}": v.detach().cpu().contiguous() for name, module in self.networks() for k, v in module.state_dict().items()}
+        """All network weights, flat, prefixed ``encoder.``/``decoder.``/``discriminator.``; with EMA,
+        the encoder and decoder entries are the average, and the raw ones are under ``train.``."""
+        raw = {f"{name}.{k}": v.detach().cpu().contiguous() for name, module in self.networks() for k, v in module.state_dict().items()}
+        if self.ema is None:
+            return raw
+        averaged = self.ema.tensors()
+        return {**raw, **averaged, **{RAW_PREFIX + k: raw[k] for k in averaged}}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything but the weights that resuming needs: optimizers, RNG and data-stream state, history."""
@@ -253,6 +275,9 @@ class Trainer(Inference):
         """Load the newest checkpoint written by ``save`` (weights, and the state when present)."""
         run = RunDirectory(run_dir)
         tensors, state, model_path = run.read_checkpoint()
+        if self.ema is not None:
+            self.ema.load_tensors(tensors)  # the average; the raw weights follow (older runs: the same)
+            tensors = {**tensors, **{k[len(RAW_PREFIX):]: v for k, v in tensors.items() if k.startswith(RAW_PREFIX)}}
         for name, module in self.networks():
             try:
                 module.load_state_dict({k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")})

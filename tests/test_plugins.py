@@ -242,5 +242,6 @@ def test_builtins_register_through_the_same_hooks():
         "register_presets",
         "register_datasets",
         "register_metrics",
+        "register_loggers",
     }
     assert all(r.status == "ok" and r.distribution == "asvae-kit" for r in records)

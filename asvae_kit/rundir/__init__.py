@@ -5,7 +5,7 @@ A run directory holds ``config.json``, ``metrics.csv``, the PNG grids (``samples
 ``checkpoints/step-N``, switched to through ``latest`` once complete).  The trainer decides *when*
 each is written; ``RunDirectory`` and the modules of this package decide *how*:
 
-* ``files``: config.json (atomic), metrics.csv (appended), the grids;
+* ``files``: config.json (atomic), metrics.csv (appended, by the ``csv`` logger), the grids;
 * ``checkpoint``: a checkpoint as one consistent unit, and reading it back;
 * ``lock``: refusing a folder that is not a run, and one writer at a time.
 
@@ -22,7 +22,7 @@ import torch
 
 from ..fileio import remove_stale_temporaries
 from .checkpoint import MODEL_FILE, STATE_FILE, read_checkpoint, write_checkpoint
-from .files import CONFIG_FILE, METRICS_FILE, MetricsFile, write_config, write_grids
+from .files import CONFIG_FILE, METRICS_FILE, write_config, write_grids
 from .lock import LOCK_FILE, RunLock, check_output_dir, is_run_dir
 
 __all__ = [
@@ -43,7 +43,6 @@ class RunDirectory:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._metrics = MetricsFile()
 
     def __repr__(self) -> str:
         return f"RunDirectory({str(self.path)!r})"
@@ -57,20 +56,15 @@ class RunDirectory:
         ``fresh`` run, at step 0) a ``metrics.csv`` from a run that died before its first checkpoint."""
         self.path.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.path)
-        stale = self.path / METRICS_FILE
-        if fresh and stale.exists():
-            stale.unlink()
-            self._metrics.reset()
+        if fresh:
+            (self.path / METRICS_FILE).unlink(missing_ok=True)
 
     def write_config(self, config: dict[str, Any], data_shape: Sequence[int]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         write_config(self.path, config, data_shape)
 
-    def append_metrics(self, row: dict[str, float]) -> None:
-        self._metrics.append(self.path, row)
-
-    def write_grids(self, step: int, samples: torch.Tensor, originals: torch.Tensor | None, reconstructions: torch.Tensor | None) -> None:
-        write_grids(self.path, step, samples, originals, reconstructions)
+    def write_grids(self, step: int, samples: torch.Tensor, pairs: torch.Tensor | None) -> None:
+        write_grids(self.path, step, samples, pairs)
 
     def save_checkpoint(self, *, step: int, run_id: str, tensors: dict[str, torch.Tensor], state: dict[str, Any], keep: int) -> Path:
         return write_checkpoint(self.path, step=step, run_id=run_id, tensors=tensors, state=state, keep=keep)

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import torch
 
 from ..fileio import atomic_write_text
-from ..images import interleave_rows, save_image_grid
+from ..images import save_image_grid
 
 __all__ = ["CONFIG_FILE", "METRICS_FILE", "write_config", "MetricsFile", "write_grids"]
 
@@ -58,13 +58,12 @@ class MetricsFile:
             csv.writer(f).writerow([_fmt(row.get(c)) for c in self.columns])
 
 
-def write_grids(run_dir: Path, step: int, samples: torch.Tensor, originals: torch.Tensor | None = None, reconstructions: torch.Tensor | None = None) -> None:
-    """``samples.png`` and ``reconstructions.png`` (rows of 8 originals above their 8
-    reconstructions), plus a copy of each under ``images/`` named by the step."""
+def write_grids(run_dir: Path, step: int, samples: torch.Tensor, pairs: torch.Tensor | None = None) -> None:
+    """``samples.png`` and ``reconstructions.png`` (``pairs``: rows of 8 originals above their 8
+    reconstructions, see ``images.interleave_rows``), plus a copy of each under ``images/`` named by the step."""
     run_dir = Path(run_dir)
     save_image_grid(samples, run_dir / "images" / f"samples_{step:07d}.png")
     save_image_grid(samples, run_dir / "samples.png")
-    if originals is not None and reconstructions is not None:
-        pairs = interleave_rows(originals, reconstructions)
+    if pairs is not None:
         save_image_grid(pairs, run_dir / "images" / f"reconstructions_{step:07d}.png", nrow=8)
         save_image_grid(pairs, run_dir / "reconstructions.png", nrow=8)
