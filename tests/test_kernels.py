@@ -6,6 +6,7 @@ torch.compile), and import hygiene.  The Triton kernels' numerics are in test_ke
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import types
@@ -26,12 +27,16 @@ pytestmark = pytest.mark.filterwarnings(  # emitted by torch's own imports (torc
     "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
 
-def make(N=10, D=5, Kh=2, dtype=torch.float32, seed=0, requires_grad=False):
+#: Where impl="triton" runs: CPU tensors in the interpreter (CI), CUDA tensors on a GPU machine.
+TRITON_DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available() else "cuda"
+
+
+def make(N=10, D=5, Kh=2, dtype=torch.float32, seed=0, requires_grad=False, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     h = torch.randn(N, D, generator=gen).to(dtype)
     w = torch.randn(Kh, D, generator=gen).to(dtype)
     b = torch.randn(Kh, generator=gen).to(dtype)
-    return tuple(t.requires_grad_(requires_grad) for t in (h, w, b))
+    return tuple(t.to(device).requires_grad_(requires_grad) for t in (h, w, b))
 
 
 @pytest.fixture(autouse=True)
@@ -214,9 +219,9 @@ def validation_calls(monkeypatch):
 
 @pytest.mark.parametrize("impl", ["torch", "auto", None, pytest.param("triton", marks=needs_triton)])
 def test_inputs_are_validated_once_per_forward_and_backward(validation_calls, impl):
-    h, w, b = make(requires_grad=True)
+    h, w, b = make(requires_grad=True, device=TRITON_DEVICE if impl == "triton" else "cpu")
     out = fused_disc_head(h, w, b, [4, 6], impl=impl)
-    torch.autograd.grad(out, (h, w, b), torch.randn(2, 2, 3))
+    torch.autograd.grad(out, (h, w, b), torch.randn(2, 2, 3, device=h.device))
     assert validation_calls == {"_check_tensors": 1, "_check_values": 1, "_validate": 0}
 
 
@@ -274,12 +279,12 @@ def test_auto_uses_the_reference_for_cpu_tensors(spy, impl):
 
 @needs_triton
 def test_env_var_sets_the_default(spy, monkeypatch):
-    h, w, b = make()
+    h, w, b = make(device=TRITON_DEVICE)
     monkeypatch.setenv("ASVAE_KIT_KERNELS", "torch")
     fused_disc_head(h, w, b, [10])
     assert spy == {"torch": 1, "load_triton": 0}
     monkeypatch.setenv("ASVAE_KIT_KERNELS", "Triton")  # case-insensitive
-    fused_disc_head(h, w, b, [10])  # TRITON_INTERPRET=1 (conftest): runs in the interpreter
+    fused_disc_head(h, w, b, [10])  # in the interpreter on CPU (conftest), compiled on a GPU
     assert spy == {"torch": 1, "load_triton": 1}
     fused_disc_head(h, w, b, [10], impl="torch")  # an explicit impl wins
     assert spy["torch"] == 2
@@ -290,7 +295,7 @@ def test_env_var_sets_the_default(spy, monkeypatch):
 
 @needs_triton
 def test_triton_on_cpu_without_interpreter_says_what_to_do(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     h, w, b = make()
     with pytest.raises(RuntimeError, match=r"cannot run on CPU tensors.*TRITON_INTERPRET=1.*impl='torch'"):
         fused_disc_head(h, w, b, [10], impl="triton")
@@ -375,15 +380,15 @@ def test_auto_does_not_treat_out_of_memory_as_a_triton_failure(monkeypatch):
 
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton), "default"])
 def test_opcheck_forward(impl):
-    h, w, b = make(N=11, D=6, Kh=3, seed=5, requires_grad=True)
+    h, w, b = make(N=11, D=6, Kh=3, seed=5, requires_grad=True, device=TRITON_DEVICE if impl == "triton" else "cpu")
     torch.library.opcheck(torch.ops.asvae_kit.fused_disc_head.default, (h, w, b, [1, 4, 6], impl))
 
 
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
 @pytest.mark.parametrize("needs", [(True, True), (True, False), (False, True)])
 def test_opcheck_backward(impl, needs):
-    h, w, b = make(N=11, D=6, Kh=3, seed=6)
-    g = torch.randn(3, 3, 3)
+    h, w, b = make(N=11, D=6, Kh=3, seed=6, device=TRITON_DEVICE if impl == "triton" else "cpu")
+    g = torch.randn(3, 3, 3, device=h.device)
     torch.library.opcheck(torch.ops.asvae_kit.fused_disc_head_backward.default,
                           (g, h, w, b, [1, 4, 6], impl, *needs))
 

@@ -30,7 +30,7 @@ def _changed(before, module):
 @pytest.mark.parametrize("divergence", ["elbo", "avb", "ali", "asvae"])
 def test_each_step_moves_exactly_the_modules_it_should(divergence):
     trainer = asvae_kit.build("mlp-asvae", divergence=divergence, **SMALL)
-    x = torch.rand(16, 1, 8, 8)
+    x = torch.rand(16, 1, 8, 8, device=trainer.device)
     enc, dec, disc = _params(trainer.encoder), _params(trainer.decoder), _params(trainer.discriminator)
 
     batch = trainer.algorithm.make_batch(x)
@@ -52,7 +52,7 @@ def test_each_step_moves_exactly_the_modules_it_should(divergence):
 
 def test_n_critic_updates_the_discriminator_that_many_times():
     trainer = asvae_kit.build("mlp-asvae", **SMALL, **{"optim.n_critic": 3})
-    trainer.train_step(torch.rand(16, 1, 8, 8))
+    trainer.train_step(torch.rand(16, 1, 8, 8, device=trainer.device))
     state = trainer.disc_optimizer.state_dict()["state"]
     assert all(int(s["step"]) == 3 for s in state.values())
     assert all(int(s["step"]) == 1 for s in trainer.gen_optimizer.state_dict()["state"].values())

@@ -1,0 +1,100 @@
+"""The library's ASVAE training step against a plain hand-written PyTorch loop of the same math,
+timed side by side in one process (issue 12's yardstick).
+
+Both use the same networks (``mlp-asvae``: MLPs 784-512-512, latent 16, joint discriminator
+512-512), Adam, batch 64 on 28x28 images.  The hand-written step stacks the discriminator's three
+segments into one call and decodes z_q and z_p in one decoder call; the library's step is
+``Trainer.train_step``.  Prints one JSON line per measurement and a summary of ratios::
+
+    python bench/step_compare.py [--device cuda] [--steps 200] [--batch 64] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+import asvae_kit
+
+
+def handwritten_step(enc, dec, disc, opt_g, opt_d, x, latent_dim):
+    """One ASVAE step (DESIGN §1) in plain PyTorch: the yardstick."""
+    n = x.shape[0]
+    z_p, z_m = torch.randn(n, latent_dim, device=x.device), torch.randn(n, latent_dim, device=x.device)
+    # discriminator: heads g (index 0) and f (index 1)
+    with torch.no_grad():
+        z_q = enc(x).rsample()
+        x_p = dec(z_p).mean
+    logits = disc(torch.cat([x, x_p, x]), torch.cat([z_q, z_p, z_m]))
+    lq, lp, lm = logits.split(n)
+    d_loss = F.softplus(-lq[:, 0]).mean() + F.softplus(lm[:, 0]).mean() + F.softplus(-lp[:, 1]).mean() + F.softplus(lm[:, 1]).mean()
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+    # encoder/decoder
+    disc.requires_grad_(False)
+    post = enc(x)
+    z_q = post.rsample()
+    lik = dec(torch.cat([z_q, z_p]))
+    mean_q, mean_p = lik.mean.split(n)
+    log_px = F.binary_cross_entropy(mean_q, x, reduction="none").flatten(1).sum(1).neg().mean()
+    x_p = mean_p
+    log_qz = enc(x_p).log_prob(z_p).mean()
+    logits = disc(torch.cat([x, x_p]), torch.cat([z_q, z_p]))
+    lq, lp = logits.split(n)
+    g_loss = -((log_px - lq[:, 0].mean()) + (log_qz - lp[:, 1].mean()))
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    opt_g.step()
+    disc.requires_grad_(True)
+    return g_loss.detach()
+
+
+def timed(fn, steps: int, sync) -> float:
+    for _ in range(10):
+        fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync()
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", help="write the results as JSON here too")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    trainer = asvae_kit.build("mlp-asvae", data=None, data_shape=[1, 28, 28], batch_size=args.batch, device=str(device), seed=0)
+    enc, dec, disc = (copy.deepcopy(m) for m in (trainer.encoder, trainer.decoder, trainer.discriminator))
+    optim = trainer.config["optim"]
+    opt_g = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=optim["lr"], betas=tuple(optim["betas"]))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=optim["disc_lr"] or optim["lr"], betas=tuple(optim["betas"]))
+    x = torch.rand(args.batch, 1, 28, 28, device=device)
+    latent = trainer.latent_dim
+    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+               "torch": torch.__version__, "batch": args.batch, "steps": args.steps, "library": [], "handwritten": []}
+    for _ in range(args.repeats):  # interleaved, so drift hits both alike
+        results["library"].append(timed(lambda: trainer.train_step(x), args.steps, sync))
+        results["handwritten"].append(timed(lambda: handwritten_step(enc, dec, disc, opt_g, opt_d, x, latent), args.steps, sync))
+    lib, hand = max(results["library"]), max(results["handwritten"])
+    results["summary"] = {"library_steps_per_s": round(lib, 1), "handwritten_steps_per_s": round(hand, 1), "library_over_handwritten": round(lib / hand, 3)}
+    print(json.dumps(results))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
