@@ -1,18 +1,23 @@
-"""The ``asvae-kit`` command line: train, sample, evaluate, list, describe, plugins.
+"""The ``asvae-kit`` command line: train, sample, evaluate, plot, list, describe, plugins.
 
-Errors print one line to stderr and exit with status 2 (``--debug`` shows the traceback).
+Errors print one line to stderr and exit with status 2 (``--debug`` shows the traceback); so do
+mistyped arguments, with a did-you-mean for commands and choices.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata as metadata
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import __version__
 from .errors import AsvaeKitError
+from .names import did_you_mean
 
 __all__ = ["main", "make_parser", "CommandError"]
 
@@ -59,13 +64,51 @@ _positive = _int_at_least(1)
 _non_negative = _int_at_least(0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (exit 2), with a did-you-mean for a mistyped choice."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        wrong = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if wrong:
+            choices = re.findall(r"'([^']*)'", wrong.group(2))
+            message = f"{message}.{did_you_mean(wrong.group(1), choices)}"
+        unknown = re.search(r"unrecognized arguments: (-\S+)", message)
+        if unknown:
+            message += "." + did_you_mean(unknown.group(1), self._option_strings())
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+    def _option_strings(self) -> set[str]:
+        """Every option of this parser and of its commands' parsers."""
+        parsers = [self] + [p for a in self._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()]
+        return {o for parser in parsers for a in parser._actions for o in a.option_strings if o.startswith("--")}
+
+
+def _version() -> str:
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    return f"asvae-kit {__version__} (torch {torch_version}, Python {sys.version.split()[0]})"
+
+
+def _threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asvae-kit", description="Train and compare ASVAE, VAE, AVB and ALI models.")
+    parser = _Parser(prog="asvae-kit", description="Train and compare ASVAE, VAE, AVB and ALI models.")
+    parser.add_argument("--version", action="version", version=_version())
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model and write a run directory")
-    p.add_argument("--preset", help="preset name (default: resnet-asvae; see `asvae-kit list preset`)")
+    p.add_argument("--preset", help="preset name (default: resnet-asvae, or the config file's 'preset'; see `asvae-kit list preset`)")
+    p.add_argument("--config", help="a config file (JSON, YAML or TOML; a run's config.json reproduces that run): its keys over the preset, flags over both")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("--data", help="dataset name (default: the preset's, digits)")
     p.add_argument("--data-dir", help="directory holding the dataset's files (else $ASVAE_KIT_DATA)")
     p.add_argument("--download", action="store_true", help="download the dataset's published files if missing")
@@ -77,16 +120,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-every", type=_non_negative, help="steps between image grids")
     p.add_argument("--checkpoint-every", type=_non_negative, help="steps between checkpoints")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--threads", type=_positive, help="CPU threads for torch (config threads); one per core is the default")
+    p.add_argument("--logger", help="comma-separated loggers: csv (default), tensorboard, wandb (offline); see `asvae-kit list logger`")
     p.add_argument("--set", dest="sets", type=_set_pair, action="append", default=[], metavar="KEY=VALUE", help="any config key, dotted for nested ones (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps (--lr may change the learning rate)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out that holds no run")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action="store_true",
+                   help="no progress (a bar on a terminal, else a line per --log-every steps)")
+    p.add_argument("--out", help="run directory to write (required unless --print-config)")
 
     p = sub.add_parser("sample", help="write a grid of samples (or interpolations, or reconstructions) from a trained run")
     p.add_argument("run_dir")
     p.add_argument("-n", type=_positive, help="samples (default 64), interpolation rows (default 8) or images to reconstruct (default 32)")
-    p.add_argument("-o", "--output", required=True, help="PNG file to write")
+    p.add_argument("-o", "--output", required=True, help="file to write, in the format its extension names: .png or .jpg grid, .pt or .npy tensor")
     p.add_argument("--seed", type=int, default=0)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--interpolate", action="store_true", help="rows of decoded spherical paths between two prior draws")
@@ -102,10 +148,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "train"), default="test", help="test (default: the test split or the held-out slice) or train")
     p.add_argument("--data-dir", help="directory holding the dataset's files")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the run's, or cpu if it is missing)")
+    p.add_argument("--threads", type=_positive, help="CPU threads for torch")
     p.add_argument("--json", action="store_true", help="print {split, source, n_images, metrics, notes} as JSON")
 
+    p = sub.add_parser("plot", help="plot a run's loss curves (metrics.csv) to a PNG")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--output", help="PNG to write (default: RUN/curves.png)")
+
     p = sub.add_parser("list", help="list registered components")
-    p.add_argument("kind", nargs="?", type=_kind, help="encoder, decoder, discriminator, divergence, preset, dataset or metric (plural accepted)")
+    p.add_argument("kind", nargs="?", type=_kind, help="encoder, decoder, discriminator, divergence, preset, dataset, metric or logger (plural accepted)")
     p.add_argument("--filter", default="*", help="fnmatch pattern, e.g. 'mlp*'")
     p.add_argument("--json", action="store_true")
 
@@ -124,9 +175,14 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .builder import DEFAULT_PRESET, build, load
+    from .config import load_config_file, resolve_config
 
-    out = Path(args.out)
+    if args.out is None and not args.print_config:
+        raise CommandError("train needs --out DIR, the run directory to write (or --print-config to only show the config)")
+    out = Path(args.out) if args.out else None
     overrides: dict[str, Any] = {}
+    file_config = load_config_file(args.config) if args.config else {}
+    file_preset = file_config.pop("preset", None)
     if args.data:
         overrides["data"] = args.data
     if args.data_dir:
@@ -142,11 +198,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         ("sample_every", "sample_every"),
         ("checkpoint_every", "checkpoint_every"),
         ("device", "device"),
+        ("threads", "threads"),
     ):
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
+    if args.logger:
+        overrides["loggers"] = [name.strip() for name in args.logger.split(",") if name.strip()]
     overrides.update(dict(args.sets))
+    preset = args.preset or file_preset or DEFAULT_PRESET
+    if args.print_config:
+        print(json.dumps(resolve_config(preset, {**file_config, **overrides}), indent=2, sort_keys=True))
+        return 0
+    assert out is not None
 
     existing = (out / "model.safetensors").exists()
     if existing and not args.resume:
@@ -154,8 +218,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not existing:
             raise CommandError(f"--resume given, but {out} holds no run to continue")
-        if args.preset or args.data:
-            raise CommandError("--resume continues the run as it was configured; drop --preset/--data")
+        if args.preset or args.data or args.config:
+            raise CommandError("--resume continues the run as it was configured; drop --preset/--data/--config")
         trainer = load(out, **overrides)
         if trainer.step >= trainer.config["steps"]:
             raise CommandError(
@@ -167,10 +231,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from .rundir import check_output_dir
 
         check_output_dir(out, overwrite=args.overwrite)
-        _check_data_dir_applies(args)
-        preset = args.preset or DEFAULT_PRESET
-        trainer = build(preset, **overrides)
-        what = f"training {preset}"
+        _check_data_dir_applies(args, preset, file_config)
+        trainer = build(preset, **{**file_config, **overrides})
+        what = f"training {preset}" + (f" with {args.config}" if args.config else "")
     total = trainer.config["steps"]
     say = trainer.dist.is_main  # under torchrun only rank 0 reports
     if trainer.dist.enabled:
@@ -181,7 +244,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"(from step {trainer.step}) on {trainer.device}; writing {out}",
             file=sys.stderr,
         )
-    trainer.fit(total, run_dir=out, progress=False if args.no_progress else None)
+    trainer.fit(total, run_dir=out, progress=False if args.quiet else None)
     if say:
         last = trainer.history[-1] if trainer.history else {}
         summary = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("step", "time_s", "steps_per_s"))
@@ -190,16 +253,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_data_dir_applies(args: argparse.Namespace) -> None:
+def _check_data_dir_applies(args: argparse.Namespace, preset: str, file_config: dict[str, Any]) -> None:
     """--data-dir on a dataset that reads no files (the default digits) is a mistake worth naming."""
     if not args.data_dir:
         return
-    from .builder import DEFAULT_PRESET
     from .config import resolve_config
     from .plugin_manager import get_registry
     from .registry import factory_config_defaults
 
-    name = args.data or resolve_config(args.preset or DEFAULT_PRESET)["data"]["name"]
+    name = args.data or resolve_config(preset, file_config)["data"]["name"]
     defaults, accepts_any = factory_config_defaults(get_registry().get("dataset", name).factory)
     if "data_dir" not in defaults and not accepts_any:
         raise CommandError(
@@ -215,6 +277,7 @@ def _device_override(args: argparse.Namespace) -> dict[str, Any]:
 def _load_for_inference(args: argparse.Namespace):
     from .builder import load
 
+    _threads(args)
     overrides = _device_override(args)
     if getattr(args, "data_dir", None):
         overrides["data.data_dir"] = args.data_dir
@@ -223,18 +286,19 @@ def _load_for_inference(args: argparse.Namespace):
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from .data import images_and_labels
-    from .images import interleave_rows, save_image_grid
+    from .images import check_image_path, interleave_rows, save_images
 
+    check_image_path(args.output)  # before the (slow) load
     trainer = _load_for_inference(args)
     if args.interpolate:
-        save_image_grid(trainer.interpolate(args.n or 8, args.steps, seed=args.seed), args.output, nrow=args.steps)
+        save_images(trainer.interpolate(args.n or 8, args.steps, seed=args.seed), args.output, nrow=args.steps)
     elif args.reconstruct:
         chosen = trainer.split_data(args.split)
         images, _ = images_and_labels(chosen.dataset, args.n or 32)
         print(f"reconstructing {len(images)} images of {chosen.source}", file=sys.stderr)
-        save_image_grid(interleave_rows(images, trainer.reconstruct(images).cpu()), args.output, nrow=8)
+        save_images(interleave_rows(images, trainer.reconstruct(images).cpu()), args.output, nrow=8)
     else:
-        save_image_grid(trainer.sample(args.n or 64, seed=args.seed), args.output)
+        save_images(trainer.sample(args.n or 64, seed=args.seed), args.output)
     print(args.output)
     return 0
 
@@ -356,10 +420,18 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_run
+
+    print(plot_run(args.run_dir, args.output))
+    return 0
+
+
 COMMANDS = {
     "train": _cmd_train,
     "sample": _cmd_sample,
     "evaluate": _cmd_evaluate,
+    "plot": _cmd_plot,
     "list": _cmd_list,
     "describe": _cmd_describe,
     "plugins": _cmd_plugins,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+from pathlib import Path
 from typing import Any, Mapping
 
 from .checks import check_bool, check_int, check_number, is_int, is_number
@@ -20,7 +22,7 @@ from .names import KINDS, article, did_you_mean
 from .plugin_manager import get_registry
 from .registry import check_config_keys
 
-__all__ = ["COMPONENT_KINDS", "DEFAULTS", "OPTIM_DEFAULTS", "resolve_config", "apply_overrides", "parse_value", "parse_spec", "parse_metric", "validate_config", "SCHEDULES"]
+__all__ = ["COMPONENT_KINDS", "DEFAULTS", "OPTIM_DEFAULTS", "resolve_config", "apply_overrides", "parse_value", "parse_spec", "parse_metric", "validate_config", "SCHEDULES", "load_config_file"]
 
 #: config key -> component kind, for the kinds a config names one of (its data set under "data");
 #: presets are not config entries, and metrics and loggers are lists of them.
@@ -237,6 +239,44 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+#: Config file formats ``load_config_file`` reads, by extension.
+CONFIG_FILE_FORMATS = (".json", ".yaml", ".yml", ".toml")
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A config mapping from a JSON, YAML or TOML file (a run's ``config.json`` included).
+
+    It may name a ``preset`` to start from; its other keys are config keys, applied over that
+    preset (``resolve_config``)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in CONFIG_FILE_FORMATS:
+        raise ConfigError(f"config file {path}: the extension {suffix or '(none)'!r} is not one of {', '.join(CONFIG_FILE_FORMATS)}")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found" + (" (it is a directory; a run's config is RUN/config.json)" if path.is_dir() else ""))
+    text = path.read_text(encoding="utf-8")
+    try:
+        if suffix == ".json":
+            data = json.loads(text)
+        elif suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            try:
+                import yaml
+            except ImportError:
+                raise ConfigError(f"config file {path}: reading YAML needs PyYAML: pip install pyyaml (or use JSON or TOML)") from None
+            data = yaml.safe_load(text)
+    except ConfigError:
+        raise
+    except Exception as exc:  # each parser has its own error type; all mean the same here
+        raise ConfigError(f"config file {path} is not valid {suffix[1:].upper()}: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
 def resolve_config(preset: str | Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Preset (a name or a mapping) + builder defaults + overrides, validated."""
     if isinstance(preset, str):
@@ -261,4 +301,14 @@ def resolve_config(preset: str | Mapping[str, Any], overrides: Mapping[str, Any]
         else:
             config[key] = value
     config = apply_overrides(config, overrides or {})
-    return validate_config(config)
+    try:
+        return validate_config(config)
+    except ConfigError as exc:
+        renamed = [k for k in (overrides or {}) if k.endswith(".name") and k.split(".")[0] in COMPONENT_KINDS]
+        if renamed and "has no config key" in str(exc):
+            top = renamed[0].split(".")[0]
+            raise ConfigError(
+                f"{exc} Setting {renamed[0]!r} keeps the old {top} entry's other keys; to switch to another {top}, "
+                f"replace the whole entry: --set {top}=NAME (Python: {top}='NAME'), then set its keys"
+            ) from None
+        raise

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from .errors import ConfigError
 from .fileio import atomic_path
 
 __all__ = ["make_grid", "save_image_grid", "interleave_rows", "slerp"]
@@ -35,9 +37,11 @@ def save_image_grid(
     path: str | os.PathLike,
     nrow: int | None = None,
     min_cell: int = 48,
+    format: str = "PNG",
 ) -> None:
-    """Write ``images`` as one PNG grid (atomically).  Small images are scaled up by an integer
-    factor, without smoothing, until each cell is at least ``min_cell`` pixels wide."""
+    """Write ``images`` as one grid (atomically; PNG, or any format Pillow writes).  Small images
+    are scaled up by an integer factor, without smoothing, until each cell is at least ``min_cell``
+    pixels wide."""
     from PIL import Image
 
     h = images.shape[-1]
@@ -47,7 +51,35 @@ def save_image_grid(
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
     with atomic_path(path) as tmp:
-        im.save(tmp, format="PNG")
+        im.save(tmp, format=format, **({"quality": 95} if format == "JPEG" else {}))
+
+
+#: What ``save_images`` writes, by file extension.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".pt": "torch tensor", ".npy": "numpy array"}
+
+
+def check_image_path(path: str | os.PathLike) -> str:
+    """The extension of ``path`` when ``save_images`` can write it; ``ConfigError`` otherwise."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        known = ", ".join(f"{k} ({v})" for k, v in IMAGE_FORMATS.items())
+        raise ConfigError(f"cannot tell what to write to {path}: its extension {suffix or '(none)'!r} is not one of {known}")
+    return suffix
+
+
+def save_images(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:
+    """Write ``images`` ``[N, C, H, W]`` in [0, 1] in the format ``path``'s extension names: a PNG
+    or JPEG grid, or the tensor itself (``.pt`` via ``torch.save``, ``.npy`` via ``numpy.save``)."""
+    suffix = check_image_path(path)
+    images = images.detach().cpu()
+    if suffix == ".pt":
+        with atomic_path(path) as tmp:
+            torch.save(images, tmp)
+    elif suffix == ".npy":
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, images.numpy())
+    else:
+        save_image_grid(images, path, nrow=nrow, format=IMAGE_FORMATS[suffix])
 
 
 def interleave_rows(originals: torch.Tensor, reconstructions: torch.Tensor, per_row: int = 8) -> torch.Tensor:

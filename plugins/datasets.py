@@ -90,7 +90,13 @@ def resolve_data_dir(data_dir: str | os.PathLike | None, name: str, *, download:
             f"dataset {name!r} reads files from a directory: pass --data-dir PATH (Python: data_dir=...) "
             f"or set ASVAE_KIT_DATA{fetch}"
         )
-    return Path(data_dir).expanduser()
+    root = Path(data_dir).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DataError(
+            f"dataset {name!r}: data_dir {root} is a file, not a directory; point --data-dir (Python: data_dir=...) "
+            "at the folder that holds the data set's files"
+        )
+    return root
 
 
 def _file_digest(path: Path, algorithm: str) -> str:
@@ -111,15 +117,23 @@ def verify_checksum(path: Path, algorithm: str, expected: str) -> None:
 
 
 def _download(url: str, dest: Path) -> None:
-    """Fetch ``url`` to ``dest`` atomically, with a progress bar."""
+    """Fetch ``url`` to ``dest`` atomically, with a progress bar; a network failure is a
+    ``DataError`` naming the URL and the folder to fill by hand."""
     from tqdm.auto import tqdm
 
-    with urllib.request.urlopen(url, timeout=60) as response, atomic_path(dest) as tmp:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
-            while chunk := response.read(1 << 16):
-                out.write(chunk)
-                bar.update(len(chunk))
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, atomic_path(dest) as tmp:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
+                while chunk := response.read(1 << 16):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except (OSError, ValueError) as exc:  # urllib.error.URLError is an OSError
+        reason = getattr(exc, "reason", None) or exc
+        raise DataError(
+            f"could not download {url} ({type(exc).__name__}: {reason}). Offline? Fetch that file on a machine "
+            f"with network access and put it in {dest.parent} (or point --data-dir at a folder that holds it)"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------

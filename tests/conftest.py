@@ -47,6 +47,34 @@ def plugin(tmp_path_factory):
 
 
 @pytest.fixture
+def plugin_installer(tmp_path, monkeypatch):
+    """``install(module, source)``: make ``source`` an installed entry-point plugin (its own fake
+    distribution on sys.path), reload the registry, and return the imported module."""
+    import importlib
+
+    from plugin_helpers import install_plugin
+
+    site = tmp_path / "site-packages"
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv("ASVAE_KIT_LOAD_PLUGINS", raising=False)
+    installed: list[str] = []
+
+    def install(module: str, source: str):
+        install_plugin(site, dist=module.replace("_", "-"), module=module, source=source)
+        installed.append(module)
+        importlib.invalidate_caches()
+        reset_registry()
+        asvae_kit_registry = __import__("asvae_kit.plugin_manager", fromlist=["get_registry"]).get_registry()
+        assert any(r.name == module and r.status == "ok" for r in asvae_kit_registry.plugins), [r.as_dict() for r in asvae_kit_registry.plugins]
+        return sys.modules[module]
+
+    yield install
+    for module in installed:
+        sys.modules.pop(module, None)
+    reset_registry()
+
+
+@pytest.fixture
 def float64():
     """Run the test in float64 (parameters, data and every head statistic)."""
     old = torch.get_default_dtype()

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from tiny_run import train_tiny
 
 import asvae_kit
@@ -167,3 +169,114 @@ def test_resume_of_a_finished_run_says_so(tmp_path, capsys):
     assert main(["train", "--resume", "--no-progress", "--out", str(run)]) == 2
     err = capsys.readouterr().err
     assert "already finished" in err and "pass --steps N with N > 3" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# the small frictions
+
+
+def test_version_and_one_line_argument_errors_with_did_you_mean(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith(f"asvae-kit {asvae_kit.__version__} (torch ")
+    for argv, hint in [(["trian"], "Did you mean 'train'?"), (["train", "--presett", "x"], "Did you mean '--preset'?"),
+                       (["evaluate", "run", "--split", "tset"], "Did you mean 'test'?")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and hint in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_train_needs_out_unless_printing_the_config(capsys):
+    assert main(["train", "--preset", "mlp-vae"]) == 2
+    assert "train needs --out DIR" in capsys.readouterr().err
+
+
+def test_config_files_print_and_reproduce_a_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_tiny(run, "--seed", "3") == 0
+    capsys.readouterr()
+    assert main(["train", "--config", str(run / "config.json"), "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((run / "config.json").read_text())
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(run / "config.json"), "-q", "--out", str(again)]) == 0
+    a, b = asvae_kit.load(run).state_tensors(), asvae_kit.load(again).state_tensors()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("c.yaml", "preset: mlp-vae\nsteps: 7\nencoder:\n  hidden: [16]\n"),
+    ("c.toml", 'preset = "mlp-vae"\nsteps = 7\n[encoder]\nhidden = [16]\n'),
+    ("c.json", '{"preset": "mlp-vae", "steps": 7, "encoder": {"hidden": [16]}}'),
+])
+def test_config_file_formats_and_flags_over_them(tmp_path, capsys, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    assert main(["train", "--config", str(path), "--batch-size", "5", "--print-config"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["steps"] == 7 and config["encoder"] == {"name": "mlp", "hidden": [16]} and config["batch_size"] == 5
+    assert config["divergence"]["name"] == "elbo"
+
+
+@pytest.mark.parametrize("name, text, phrase", [
+    ("c.ini", "x", "is not one of .json, .yaml, .yml, .toml"),
+    ("c.json", "{not json", "is not valid JSON"),
+    ("c.json", "[1, 2]", "must hold a mapping"),
+    ("c.json", '{"stpes": 3}', "Did you mean 'steps'"),
+])
+def test_bad_config_files_name_the_file(tmp_path, capsys, name, text, phrase):
+    path = tmp_path / name
+    path.write_text(text)
+    assert main(["train", "--config", str(path), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert phrase in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_set_name_points_to_the_form_that_works(capsys):
+    assert main(["train", "--preset", "mlp-vae", "--set", "encoder.name=resnet", "--print-config"]) == 2
+    assert "--set encoder=NAME" in capsys.readouterr().err
+    assert main(["train", "--preset", "mlp-vae", "--set", "encoder=resnet", "--print-config"]) == 0
+
+
+@pytest.mark.parametrize("suffix, check", [
+    (".png", lambda p: p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"),
+    (".jpg", lambda p: p.read_bytes()[:3] == b"\xff\xd8\xff"),
+    (".npy", lambda p: np.load(p).shape == (4, 1, 8, 8)),
+    (".pt", lambda p: torch.load(p).shape == (4, 1, 8, 8)),
+])
+def test_sample_writes_the_format_its_extension_names(tmp_path, capsys, suffix, check):
+    run = tmp_path / "run"
+    assert train_tiny(run) == 0
+    out = tmp_path / f"s{suffix}"
+    assert main(["sample", str(run), "-n", "4", "-o", str(out)]) == 0
+    assert check(out)
+
+
+def test_sample_refuses_an_unknown_extension_before_loading(tmp_path, capsys):
+    assert main(["sample", str(tmp_path / "no-run"), "-o", str(tmp_path / "s.gif")]) == 2
+    assert "'.gif' is not one of .png" in capsys.readouterr().err
+
+
+def test_plot_writes_the_curves(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "mlp-asvae", "--steps", "6", "--log-every", "2", "--batch-size", "8", "-q",
+                 "--set", "encoder.hidden=[16]", "--set", "decoder.hidden=[16]", "--set", "discriminator.hidden=[16]", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["plot", str(run)]) == 0
+    png = run / "curves.png"
+    assert capsys.readouterr().out.strip() == str(png) and png.read_bytes()[:4] == b"\x89PNG"
+    from PIL import Image
+
+    assert Image.open(png).size[0] >= 600
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "metrics.csv not found" in capsys.readouterr().err
+
+
+def test_progress_lines_off_a_terminal_and_quiet(tmp_path, capsys):
+    assert main(["train", "--preset", "mlp-vae", "--steps", "4", "--log-every", "2", "--batch-size", "8", "--out", str(tmp_path / "a")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    assert len(lines) == 2 and "ETA" in lines[0]
+    assert main(["train", "--preset", "mlp-vae", "--steps", "4", "--log-every", "2", "--batch-size", "8", "-q", "--out", str(tmp_path / "b")]) == 0
+    assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]

@@ -170,3 +170,17 @@ def test_a_corrupt_png_is_named(tmp_path):
     (tmp_path / "bad.png").write_bytes(good[: len(good) // 2])
     with pytest.raises(DataError, match="bad.png cannot be read as an image"):
         asvae_kit.build_component("dataset", "image-folder", path=str(tmp_path))
+
+
+def test_a_data_dir_that_is_a_file_says_so(tmp_path):
+    path = tmp_path / "not-a-folder"
+    path.write_text("x")
+    with pytest.raises(DataError, match="is a file, not a directory"):
+        asvae_kit.build_component("dataset", "mnist", data_dir=str(path))
+
+
+def test_an_offline_download_names_the_url_and_the_folder(tmp_path):
+    from asvae_kit.plugins.datasets import load_idx_dataset
+
+    with pytest.raises(DataError, match=r"could not download http://127\.0\.0\.1:9/train-images-idx3-ubyte\.gz .*put it in .*mnist"):
+        load_idx_dataset("mnist", data_dir=str(tmp_path), download=True, mirror="http://127.0.0.1:9/")
