@@ -259,8 +259,10 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         if suffix == ".json":
             data = json.loads(text)
         elif suffix == ".toml":
-            import tomllib
-
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                raise ConfigError(f"config file {path}: reading TOML needs Python 3.11 (or use JSON or YAML)") from None
             data = tomllib.loads(text)
         else:
             try:
