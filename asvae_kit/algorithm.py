@@ -1,4 +1,4 @@
-"""One step of the training algorithm (DESIGN.md §1, "One algorithm step").
+"""One step of the training algorithm (docs/design.md §1, "One algorithm step").
 
 ``n_critic`` discriminator updates on the step's joint samples, the generator outputs detached;
 then one encoder/decoder update on the divergence's objective with the discriminator frozen.

@@ -54,7 +54,7 @@ def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer
             dataset = build_entry("dataset", config["data"])
         shape = getattr(dataset, "data_shape", None)
         if shape is None:
-            raise ConfigError(f"dataset {config['data']['name']!r} has no data_shape attribute (DESIGN.md §2)")
+            raise ConfigError(f"dataset {config['data']['name']!r} has no data_shape attribute (docs/design.md §2)")
         config["data_shape"] = [int(v) for v in shape]
     data_shape = tuple(config["data_shape"])
     context = {"data_shape": data_shape, "latent_dim": config["latent_dim"]}

@@ -1,5 +1,5 @@
 """Configs: resolving a preset plus overrides into the complete, JSON-serialisable mapping a
-``Trainer`` is built from (DESIGN.md §3).
+``Trainer`` is built from (docs/design.md §3).
 
 Component entries (``encoder``, ``decoder``, ``discriminator``, ``divergence``, ``data``) are
 stored as ``{"name": ..., **config}``.  Overrides address keys with dots (``"encoder.width": 64``,

@@ -1,6 +1,6 @@
 """Image data: the in-memory dataset type, input checks, and the batch stream the trainer reads.
 
-Every image the trainer sees is a float tensor ``[C, H, W]`` in [0, 1] (DESIGN.md §2).  Users may
+Every image the trainer sees is a float tensor ``[C, H, W]`` in [0, 1] (docs/design.md §2).  Users may
 hand ``Trainer.fit`` a ``Dataset`` (items are images or ``(image, label)`` pairs), a
 ``DataLoader``, or an image tensor ``[N, C, H, W]``; ``BatchStream`` turns any of them into an
 endless stream of batches.

@@ -1,4 +1,4 @@
-"""Data-parallel training under ``torchrun`` (DESIGN.md §6).
+"""Data-parallel training under ``torchrun`` (docs/design.md §6).
 
 With ``WORLD_SIZE > 1`` in the environment every process builds the same model (same seed), the
 parameters are broadcast from rank 0 once, each process trains on its own shard of every global

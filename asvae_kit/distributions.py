@@ -1,4 +1,4 @@
-"""Posterior and likelihood objects returned by encoders and decoders (DESIGN.md §2).
+"""Posterior and likelihood objects returned by encoders and decoders (docs/design.md §2).
 
 Plugin authors return these from their networks' ``forward``; divergences rely only on the
 protocol (``rsample()``, ``mean``, ``log_prob``, ``kl_standard_normal``), so any object with the
@@ -68,7 +68,7 @@ class ImplicitPosterior:
     """A posterior known only through a sample ``z`` (noise in, sample out).
 
     Its density is not available, so ``log_prob`` uses a Gaussian around ``mean`` (the network's
-    output for zero noise) with standard deviation ``exp(log_scale)``, as DESIGN.md §1 states.
+    output for zero noise) with standard deviation ``exp(log_scale)``, as docs/design.md §1 states.
     It has no closed-form KL: the ``elbo`` divergence refuses it.
     """
 

@@ -1,6 +1,6 @@
 """Running metrics on a split: ``Trainer.evaluate`` and ``asvae-kit evaluate`` both come here.
 
-A metric (DESIGN.md §2) is ``fn(trainer, data) -> dict[str, float]``, ``data`` being an image
+A metric (docs/design.md §2) is ``fn(trainer, data) -> dict[str, float]``, ``data`` being an image
 tensor ``[N, C, H, W]`` on the trainer's device.  A metric may also take, by keyword:
 
 - ``labels``: the images' integer labels (or ``None`` when the data has none);

@@ -1,4 +1,4 @@
-"""The hooks a plugin implements to add components to asvae-kit (DESIGN.md §3).
+"""The hooks a plugin implements to add components to asvae-kit (docs/design.md §3).
 
 Every hook receives one argument, ``register``, a callable::
 
@@ -107,7 +107,7 @@ def register_divergences(register: RegisterFn) -> None:
 def register_presets(register: RegisterFn) -> None:
     """Register named, complete configs.
 
-    Factory: ``factory() -> dict`` returning a config mapping (DESIGN.md §3): component entries
+    Factory: ``factory() -> dict`` returning a config mapping (docs/design.md §3): component entries
     (a name or ``{"name": ..., **config}``) for ``encoder``, ``decoder``, ``discriminator``,
     ``divergence`` and ``data``, plus hyper-parameters (``latent_dim``, ``batch_size``, ``steps``,
     ``optim``, ``seed``...).  Keys it leaves out take the builder's defaults.

@@ -1,7 +1,7 @@
 """What a divergence estimator sees: one step's joint samples, computed lazily.
 
 A ``JointBatch`` holds the data batch x and the prior draws z_p, z_m of one algorithm step
-(DESIGN.md §1, "One algorithm step") and computes, on first access only, what a divergence asks
+(docs/design.md §1, "One algorithm step") and computes, on first access only, what a divergence asks
 for: z_q ~ q(z|x), x_p ~ p(x|z_p), log p(x|z_q), log q(z_p|x_p), the analytic KL.  A plain VAE
 therefore never runs the decoder on prior codes, and ALI never reconstructs.
 
@@ -108,7 +108,7 @@ def check_head_count(discriminator: nn.Module | None, num_heads: int, divergence
         raise ConfigError(f"divergence {divergence!r} needs a discriminator with {num_heads} head(s), but none was given")
     head = getattr(discriminator, "head", None)
     if not isinstance(head, nn.Linear):
-        raise ConfigError(f"discriminator {type(discriminator).__name__} has no `head` nn.Linear (DESIGN.md §2)")
+        raise ConfigError(f"discriminator {type(discriminator).__name__} has no `head` nn.Linear (docs/design.md §2)")
     if head.out_features != num_heads:
         raise ConfigError(
             f"divergence {divergence!r} needs a discriminator with {num_heads} head(s), but its head has "
@@ -129,7 +129,7 @@ def head_statistics(
 
 @runtime_checkable
 class Divergence(Protocol):
-    """What the trainer needs of a divergence estimator (DESIGN.md §2).
+    """What the trainer needs of a divergence estimator (docs/design.md §2).
 
     Both losses return ``(loss, diagnostics)``: a scalar to minimise and a dict of detached
     scalar tensors the trainer logs (e.g. ``skl``, ``l_x``, ``l_z``).

@@ -2,7 +2,7 @@
 points, one at a time.  ``get_registry`` loads them on first use; ``list_components``,
 ``describe`` and ``build_component`` are the public API over it.
 
-Fault isolation (DESIGN.md §3): a plugin that fails to import, implements a hook that does not
+Fault isolation (docs/design.md §3): a plugin that fails to import, implements a hook that does not
 exist, raises in a hook, registers a bad name or a name another plugin owns, is skipped whole
 (none of its components are kept) with one warning, and recorded as failed with a one-line
 reason.  ``ASVAE_KIT_STRICT_PLUGINS=1`` re-raises instead; ``ASVAE_KIT_LOAD_PLUGINS=a,b`` loads

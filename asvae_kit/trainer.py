@@ -1,4 +1,4 @@
-"""The ``Trainer``: runs the algorithm (DESIGN.md §1) on parts that ``asvae_kit.builder`` built.
+"""The ``Trainer``: runs the algorithm (docs/design.md §1) on parts that ``asvae_kit.builder`` built.
 
 It alternates discriminator and encoder/decoder steps, logs averaged loss terms, stops cleanly on
 SIGTERM/SIGINT and on divergence, and tells its ``RunDirectory`` when to write the config, the
@@ -118,7 +118,7 @@ class Trainer(Inference):
         set_learning_rates(self.config["optim"], self.gen_optimizer, self.disc_optimizer)
 
     def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One algorithm step (``self.algorithm``, DESIGN.md §1) on the data batch ``x``: discriminator
+        """One algorithm step (``self.algorithm``, docs/design.md §1) on the data batch ``x``: discriminator
         update(s), then the encoder/decoder update.  Returns the detached loss terms."""
         saved = (self.run.path, self._last_saved_step) if self.run is not None and self._last_saved_step is not None else None
         terms = self.algorithm.step(x, number=self.step + 1, saved=saved)

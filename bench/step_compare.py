@@ -23,7 +23,7 @@ import asvae_kit
 
 
 def handwritten_step(enc, dec, disc, opt_g, opt_d, x, latent_dim):
-    """One ASVAE step (DESIGN §1) in plain PyTorch: the yardstick."""
+    """One ASVAE step (docs/design.md §1) in plain PyTorch: the yardstick."""
     n = x.shape[0]
     z_p, z_m = torch.randn(n, latent_dim, device=x.device), torch.randn(n, latent_dim, device=x.device)
     # discriminator: heads g (index 0) and f (index 1)

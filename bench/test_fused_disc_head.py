@@ -1,4 +1,4 @@
-"""Benchmarks of ``fused_disc_head`` (DESIGN.md §4): ``pytest bench --benchmark-only``.
+"""Benchmarks of ``fused_disc_head`` (docs/design.md §4): ``pytest bench --benchmark-only``.
 
 Implementations, each forward (``fwd``) and forward+backward (``fwd+bwd``, gradients of h, weight
 and bias for a random ``grad_out``), for N in {256, 4096, 65536}, D in {256, 1024}, K = 2, S = 3

@@ -1,4 +1,4 @@
-"""Fused kernels behind asvae-kit's losses (DESIGN.md §4).
+"""Fused kernels behind asvae-kit's losses (docs/design.md §4).
 
 ``fused_disc_head`` is the one op every divergence calls: the discriminator's head layer fused with
 the per-segment statistics all the adversarial losses are linear combinations of.  It is registered

@@ -1,4 +1,4 @@
-"""The fused discriminator-head op, ``asvae_kit::fused_disc_head`` (DESIGN.md §4).
+"""The fused discriminator-head op, ``asvae_kit::fused_disc_head`` (docs/design.md §4).
 
 What lives where:
 

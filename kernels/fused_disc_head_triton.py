@@ -1,4 +1,4 @@
-"""Triton kernels for the fused discriminator head (DESIGN.md §4).
+"""Triton kernels for the fused discriminator head (docs/design.md §4).
 
 This module imports Triton at the top, so nothing imports it until the Triton path actually runs
 (:mod:`asvae_kit.kernels.fused_disc_head` loads it lazily); ``import asvae_kit`` never does.  Use

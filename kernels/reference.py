@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference for the fused discriminator head (DESIGN.md §4).
+"""Pure-PyTorch reference for the fused discriminator head (docs/design.md §4).
 
 This is the specification the Triton kernel is tested against, and the implementation used on
 CPU tensors (and whenever Triton cannot run).  For logits ``l = h @ weight.T + bias`` it returns,

@@ -1,5 +1,5 @@
 """Built-in datasets: ``digits`` (offline default), ``mnist``, ``fashion-mnist``, ``cifar10``,
-``image-folder`` and ``tensor`` (DESIGN.md §5).
+``image-folder`` and ``tensor`` (docs/design.md §5).
 
 Nothing here downloads unless the user passes ``download=True``; missing files raise an error
 saying which files to put where.  Every factory returns an ``asvae_kit.data.ImageDataset``.

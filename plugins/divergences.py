@@ -1,6 +1,6 @@
 """Built-in divergence estimators: ``elbo`` (VAE), ``avb``, ``ali`` and ``asvae``.
 
-Notation (DESIGN.md §1; docs/divergences.md): segments q = (x, z_q) from the encoder joint,
+Notation (docs/design.md §1; docs/divergences.md): segments q = (x, z_q) from the encoder joint,
 p = (x_p, z_p) from the decoder joint, m = (x, z_m) from the product of marginals q(x)p(z).
 Every adversarial loss below is a linear combination of the ``[S, K, 3]`` statistics
 ``(mean l, mean softplus(l), mean softplus(-l))`` that ``head_statistics`` returns through the

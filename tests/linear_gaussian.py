@@ -1,6 +1,6 @@
 """A linear-Gaussian model registered as an outside plugin, shared by the closed-form tests.
 
-The model is linear-Gaussian, so every quantity of DESIGN §1 has a closed form:
+The model is linear-Gaussian, so every quantity of docs/design.md §1 has a closed form:
 
     data      x ~ q(x) = N(mu, Sigma)                      (d_x = 3)
     encoder   z = A x + a + s_q eps,   q(z|x) = N(Ax + a, s_q^2 I)   (d_z = 2)

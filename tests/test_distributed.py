@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun with the gloo backend, two CPU processes (DESIGN.md §6)."""
+"""Data-parallel training under torchrun with the gloo backend, two CPU processes (docs/design.md §6)."""
 
 from __future__ import annotations
 

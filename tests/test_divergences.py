@@ -1,4 +1,4 @@
-"""Closed-form checks of the estimators in ``plugins/divergences.py`` (DESIGN.md §1).
+"""Closed-form checks of the estimators in ``plugins/divergences.py`` (docs/design.md §1).
 
 The model is linear-Gaussian, so every quantity of §1 has a closed form:
 
@@ -476,7 +476,7 @@ def test_trained_quadratic_discriminator_estimates_skl(plugin, float64):
     estimate = float(terms["skl"])
     assert abs(estimate - skl) < 0.10 * skl, f"skl estimate {estimate:.4f} vs closed form {skl:.4f}"
 
-    # The heads learned the logits of DESIGN.md's table, g* and f* (to ~2% of their spread here).
+    # The heads learned the logits of docs/design.md's table, g* and f* (to ~2% of their spread here).
     oracle = make_trainer("asvae").discriminator
     with torch.no_grad():
         for x, z in ((batch.x, batch.z_q), (batch.x_p, batch.z_p), (batch.x, batch.z_m)):

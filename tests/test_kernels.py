@@ -1,4 +1,4 @@
-"""``asvae_kit.kernels.fused_disc_head``: the op's contract (DESIGN.md §4) -- semantics against the
+"""``asvae_kit.kernels.fused_disc_head``: the op's contract (docs/design.md §4) -- semantics against the
 reference, validation, dispatch and fallback, ``torch.library`` registration (opcheck,
 torch.compile), and import hygiene.  The Triton kernels' numerics are in test_kernels_triton.py.
 """

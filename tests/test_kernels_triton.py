@@ -1,4 +1,4 @@
-"""The Triton kernels of ``fused_disc_head`` against a float64 reference (DESIGN.md §4).
+"""The Triton kernels of ``fused_disc_head`` against a float64 reference (docs/design.md §4).
 
 These run on CPU tensors in the Triton interpreter (``TRITON_INTERPRET=1``, set by conftest.py).
 
