@@ -68,9 +68,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line (exit 2), with a did-you-mean for a mistyped choice."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        wrong = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
-        if wrong:
-            choices = re.findall(r"'([^']*)'", wrong.group(2))
+        wrong = re.search(r"invalid choice: '?([^' ]*)'? \(choose from (.*)\)", message)
+        if wrong:  # choices are quoted up to Python 3.12.7, bare after
+            choices = [c.strip().strip("'") for c in wrong.group(2).split(",")]
             message = f"{message}.{did_you_mean(wrong.group(1), choices)}"
         unknown = re.search(r"unrecognized arguments: (-\S+)", message)
         if unknown:
@@ -90,13 +90,6 @@ def _version() -> str:
     except metadata.PackageNotFoundError:
         torch_version = "not installed"
     return f"asvae-kit {__version__} (torch {torch_version}, Python {sys.version.split()[0]})"
-
-
-def _threads(args: argparse.Namespace) -> None:
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -207,8 +200,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides["loggers"] = [name.strip() for name in args.logger.split(",") if name.strip()]
     overrides.update(dict(args.sets))
     preset = args.preset or file_preset or DEFAULT_PRESET
-    if args.print_config:
-        print(json.dumps(resolve_config(preset, {**file_config, **overrides}), indent=2, sort_keys=True))
+    if args.print_config:  # a resumed run's config is its own, with the overrides load() allows
+        config = load(out, **overrides).config if args.resume and out else resolve_config(preset, {**file_config, **overrides})
+        print(json.dumps(config, indent=2, sort_keys=True))
         return 0
     assert out is not None
 
@@ -277,8 +271,9 @@ def _device_override(args: argparse.Namespace) -> dict[str, Any]:
 def _load_for_inference(args: argparse.Namespace):
     from .builder import load
 
-    _threads(args)
-    overrides = _device_override(args)
+    overrides = {**_device_override(args), "loggers": []}  # inference writes no rows: no logger packages needed
+    if getattr(args, "threads", None):
+        overrides["threads"] = args.threads
     if getattr(args, "data_dir", None):
         overrides["data.data_dir"] = args.data_dir
     return load(args.run_dir, **overrides)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -227,9 +228,13 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         check_config_keys(component, {k: v for k, v in entry.items() if k != "name"}, allow_context=False)
     for spec in config["metrics"]:
         registry.get("metric", parse_metric(spec)["name"])
+    seen: set[str] = set()
     for i, spec in enumerate(config["loggers"]):
         entry = parse_spec(spec, "logger")
         logger = registry.get("logger", entry["name"])
+        if logger.name in seen:
+            raise ConfigError(f"config 'loggers' names {logger.name!r} twice; every row would be written twice")
+        seen.add(logger.name)
         check_config_keys(logger, {k: v for k, v in entry.items() if k != "name"})
         config["loggers"][i] = spec if isinstance(spec, dict) or ":" in spec else logger.name
     try:
@@ -241,6 +246,20 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 
 #: Config file formats ``load_config_file`` reads, by extension.
 CONFIG_FILE_FORMATS = (".json", ".yaml", ".yml", ".toml")
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _yaml_numbers(value: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads ``1e-4`` as a string; read it as the number everyone means."""
+    if isinstance(value, dict):
+        return {k: _yaml_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_yaml_numbers(v) for v in value]
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)
+    return value
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -269,7 +288,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
                 import yaml
             except ImportError:
                 raise ConfigError(f"config file {path}: reading YAML needs PyYAML: pip install pyyaml (or use JSON or TOML)") from None
-            data = yaml.safe_load(text)
+            data = _yaml_numbers(yaml.safe_load(text))
     except ConfigError:
         raise
     except Exception as exc:  # each parser has its own error type; all mean the same here
@@ -285,6 +304,12 @@ def resolve_config(preset: str | Mapping[str, Any], overrides: Mapping[str, Any]
         base = get_registry().get("preset", preset).factory()
         if not isinstance(base, Mapping):
             raise ConfigError(f"preset {preset!r} returned {type(base).__name__}, not a config mapping")
+    elif isinstance(preset, Mapping) and "preset" in preset:  # a config file naming its starting preset
+        named = preset["preset"]
+        if not isinstance(named, str):
+            raise ConfigError(f"a config's 'preset' must be a preset name, got {named!r}")
+        rest = {k: v for k, v in preset.items() if k != "preset"}
+        return resolve_config(named, {**rest, **(overrides or {})})
     elif isinstance(preset, Mapping):
         base = preset
     else:

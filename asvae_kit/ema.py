@@ -29,6 +29,11 @@ class EMA:
         self.average = {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
         self._depth = 0
 
+    @property
+    def swapped(self) -> bool:
+        """The modules hold the average right now (inside ``applied()``)."""
+        return self._depth > 0
+
     @torch.no_grad()
     def update(self) -> None:
         """Move the average towards the current weights (integer buffers are copied)."""
@@ -51,10 +56,10 @@ class EMA:
                 self._depth -= 1
             return
         raw = {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in self.modules.items()}
-        for name, module in self.modules.items():
-            module.load_state_dict(self.average[name])
         self._depth = 1
         try:
+            for name, module in self.modules.items():
+                module.load_state_dict(self.average[name])
             yield
         finally:
             self._depth = 0

@@ -92,7 +92,7 @@ def evaluate(
     values: dict[str, float] = {}
     notes: dict[str, str] = {}
     trainer.eval_mode()
-    with torch.no_grad():
+    with torch.no_grad(), trainer.averaged():  # the EMA weights, when the run keeps them
         for name, fn, options in fns:
             started = time.perf_counter()
             try:

@@ -149,8 +149,10 @@ def register_loggers(register: RegisterFn) -> None:
 
     Factory: ``factory(**options) -> Logger``, called when the trainer is built (so a missing
     package fails there, in one line: raise ``asvae_kit.errors.ConfigError`` naming the ``pip
-    install``).  A ``Logger`` has ``start(run_dir: Path, config: dict)`` (each ``fit`` that writes a
-    run directory; a resumed run starts again), ``log_row(row: dict[str, float])`` (every logged
+    install``).  A ``Logger`` has ``start(run_dir: Path, config: dict, step: int, run_id: str)``
+    (each ``fit`` that writes a run directory; ``step`` is where training goes on from, so rows
+    past it, logged by an interrupted run after its last checkpoint, should be dropped; ``run_id``
+    is the same for every resume of one run), ``log_row(row: dict[str, float])`` (every logged
     row: ``step``, the averaged loss terms, ``time_s``, ``steps_per_s``), ``log_images(name: str,
     images: Tensor [N, C, H, W] in [0, 1], step: int)`` (``"samples"`` and ``"reconstructions"`` at
     every sample step) and ``close()`` (end of ``fit``).  Only the main process logs.

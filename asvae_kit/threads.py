@@ -22,13 +22,16 @@ class OversubscriptionWarning(UserWarning):
 
 
 def torch_processes() -> int:
-    """How many processes of this user have libtorch loaded (this one included; 1 where /proc is missing)."""
+    """How many processes of this user have libtorch loaded (this one included; 1 where /proc is
+    missing).  Under torchrun, its workers on this machine (the launcher itself stays idle)."""
+    if os.environ.get("LOCAL_WORLD_SIZE", "").isdigit():
+        return max(1, int(os.environ["LOCAL_WORLD_SIZE"]))
     proc = Path("/proc")
     if not proc.is_dir():
         return 1
-    count, me = 0, os.getuid()
+    count, me, parent = 0, os.getuid(), str(os.getppid())
     for entry in proc.iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or entry.name == parent:  # a parent that launched us waits, it does not compute
             continue
         try:
             if entry.stat().st_uid != me:

@@ -26,6 +26,7 @@ from .errors import CheckpointError, ConfigError, TrainingDivergedError
 from .ema import RAW_PREFIX
 from .evaluation import Evaluation, evaluate
 from .images import interleave_rows
+from .loggers import Loggers
 from .inference import Inference
 from .losslog import LossLog
 from .optimizers import set_learning_rates
@@ -62,17 +63,15 @@ class Trainer(Inference):
         data: ConfiguredData | None = None,
         loggers: Sequence[Any] = (),
     ) -> None:
-        self.config, self.dist, self.device = config, dist, device
-        self.data_shape = tuple(data_shape)
+        self.config, self.dist, self.device, self.data_shape = config, dist, device, tuple(data_shape)
         self.latent_dim = int(config["latent_dim"])
         self.algorithm = algorithm  # the networks, the divergence and the optimizers, one step at a time
         self.encoder, self.decoder, self.discriminator = algorithm.encoder, algorithm.decoder, algorithm.discriminator
         self.divergence, self.num_heads = algorithm.divergence, algorithm.num_heads
         self.gen_optimizer, self.disc_optimizer, self.ema = algorithm.gen_optimizer, algorithm.disc_optimizer, algorithm.ema
-        self.loggers = list(loggers)  # built from config['loggers']; fed on the main process only
+        self.loggers = Loggers(loggers)  # built from config['loggers']; open only while a writing fit() runs
         self.data = data  # the configured data set's splits; training sees only split_data("train")
-        self.step = 0
-        self.log = LossLog()
+        self.step, self.log = 0, LossLog()
         self.run: RunDirectory | None = None
         self.run_id = uuid.uuid4().hex  # tags every checkpoint of this run (load keeps the saved one)
         seed_replica_noise(self.dist, config["seed"], self.step)
@@ -144,18 +143,16 @@ class Trainer(Inference):
         if self._recon_images is None or data is not None:
             source = self.dataset if data is None else data
             self._recon_images = check_images(first_images(source, RECON_PAIRS), "training data", self.data_shape).to(self.device)
-        with self.run.lock() if writes else contextlib.nullcontext(), StopSignals() as stop:  # type: ignore[union-attr]
+        with contextlib.ExitStack() as stack:
+            if writes:
+                stack.enter_context(self.run.lock())  # type: ignore[union-attr]
+            stop = stack.enter_context(StopSignals())
             if writes:
                 self.run.prepare(fresh=self.step == 0)  # type: ignore[union-attr]
                 self.run.write_config(self.config, self.data_shape)  # type: ignore[union-attr]
-                for logger in self.loggers:
-                    logger.start(self.run.path, self.config)  # type: ignore[union-attr]
+                stack.enter_context(self.loggers.opened(self.run.path, self.config, self.step, self.run_id))  # type: ignore[union-attr]
             warn_if_oversubscribed(torch.get_num_threads())
-            try:
-                self._train_until(self.config["steps"], stream, writes, progress_mode(progress) if self.dist.is_main else "off", stop)
-            finally:
-                for logger in self.loggers if writes else ():
-                    logger.close()
+            self._train_until(self.config["steps"], stream, writes, progress_mode(progress) if self.dist.is_main else "off", stop)
         return self
 
     def _train_until(self, total: int, stream: BatchStream, writes: bool, mode: str, stop: StopSignals) -> None:
@@ -211,8 +208,7 @@ class Trainer(Inference):
 
     def _log_row(self) -> dict[str, float]:
         row = self.log.row(self.step)
-        for logger in self.loggers if self.run is not None and self.dist.is_main else ():
-            logger.log_row(row)
+        self.loggers.log_row(row)
         return row
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -220,8 +216,7 @@ class Trainer(Inference):
         """The metrics (default ``config['metrics']``; ``"fd"``, ``"nll:k=100"`` or ``{"name": ...}``) on
         up to ``eval_size`` images of ``split`` (``"test"``: held out from training; or ``"train"``)
         or of ``data``; see ``asvae_kit.evaluation.evaluate``."""
-        with self.averaged():
-            return evaluate(self, metrics, split, data)
+        return evaluate(self, metrics, split, data)
 
     # -- persistence ---------------------------------------------------------------------------
     def _use_run_dir(self, run_dir: str | os.PathLike) -> RunDirectory:
@@ -238,8 +233,8 @@ class Trainer(Inference):
         samples, pairs = self.sample(GRID_SIZE, z=self.fixed_z), interleave_rows(x, self.reconstruct(x)) if x is not None else None
         run.write_grids(self.step, samples, pairs)
         for name, images in (("samples", samples), ("reconstructions", pairs)):
-            for logger in self.loggers if images is not None else ():
-                logger.log_images(name, images, self.step)
+            if images is not None:
+                self.loggers.log_images(name, images, self.step)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """All network weights, flat, prefixed ``encoder.``/``decoder.``/``discriminator.``; with EMA,
@@ -265,6 +260,8 @@ class Trainer(Inference):
         if run_dir is None and self.run is None:
             raise ValueError("save() needs a run directory the first time: trainer.save('runs/my-run')")
         run = self._use_run_dir(run_dir) if run_dir is not None else self.run
+        if self.ema is not None and self.ema.swapped:
+            raise RuntimeError("save() inside trainer.averaged() would store the average as the training weights; save outside it")
         if self.dist.is_main:  # only rank 0 writes; the replicas are identical
             run.write_config(self.config, self.data_shape)  # type: ignore[union-attr]
             run.save_checkpoint(step=self.step, run_id=self.run_id, tensors=self.state_tensors(), state=self.state_dict(), keep=self.config["keep_checkpoints"])  # type: ignore[union-attr]
@@ -275,14 +272,15 @@ class Trainer(Inference):
         """Load the newest checkpoint written by ``save`` (weights, and the state when present)."""
         run = RunDirectory(run_dir)
         tensors, state, model_path = run.read_checkpoint()
-        if self.ema is not None:
-            self.ema.load_tensors(tensors)  # the average; the raw weights follow (older runs: the same)
-            tensors = {**tensors, **{k[len(RAW_PREFIX):]: v for k, v in tensors.items() if k.startswith(RAW_PREFIX)}}
+        averaged = {k: v for k, v in tensors.items() if not k.startswith(RAW_PREFIX)}
+        raw = {**averaged, **{k[len(RAW_PREFIX):]: v for k, v in tensors.items() if k.startswith(RAW_PREFIX)}}
         for name, module in self.networks():
             try:
-                module.load_state_dict({k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")})
+                module.load_state_dict({k[len(name) + 1 :]: v for k, v in raw.items() if k.startswith(name + ".")})
             except RuntimeError as exc:
                 raise CheckpointError(f"{model_path}: the {name} weights do not fit the config's network: {exc}") from None
+        if self.ema is not None:
+            self.ema.load_tensors(averaged)  # the average (a run saved without one: the weights themselves)
         if state is not None:
             self.load_state_dict(state)
         self.run = run

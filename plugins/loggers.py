@@ -2,7 +2,8 @@
 
 Each is built with the trainer, so a missing package is one ``ConfigError`` line before any
 training; ``start`` opens it on the run directory at the beginning of every ``fit`` that writes
-one, and ``close`` flushes it at the end.
+one (with the step training resumes from: rows an interrupted run logged after its last
+checkpoint are dropped, so a resumed run's curves do not run backwards), and ``close`` flushes it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ __all__ = ["CsvLogger", "TensorBoardLogger", "WandbLogger"]
 
 def _require(module: str, package: str, logger: str) -> None:
     if importlib.util.find_spec(module) is None:
-        raise ConfigError(f"logger {logger!r} needs the {package!r} package, which is not installed: pip install {package}")
+        raise ConfigError(
+            f"logger {logger!r} needs the {package!r} package, which is not installed: pip install {package} "
+            f"(to only sample or evaluate a run that used it: asvae_kit.load(run, loggers=[]))"
+        )
 
 
 class CsvLogger:
@@ -35,9 +39,10 @@ class CsvLogger:
         self._file = MetricsFile()
         self._run_dir: Path | None = None
 
-    def start(self, run_dir: Path, config: dict[str, Any]) -> None:
+    def start(self, run_dir: Path, config: dict[str, Any], step: int, run_id: str) -> None:
         self._run_dir = Path(run_dir)
         self._file.reset()  # re-read the header: the file may have been replaced since
+        self._file.drop_rows_after(self._run_dir, step)
 
     def log_row(self, row: dict[str, float]) -> None:
         if self._run_dir is not None:
@@ -59,10 +64,11 @@ class TensorBoardLogger:
         self.flush_secs = check_number(flush_secs, "logger 'tensorboard': flush_secs", low=0, low_inclusive=False)
         self._writer: Any = None
 
-    def start(self, run_dir: Path, config: dict[str, Any]) -> None:
+    def start(self, run_dir: Path, config: dict[str, Any], step: int, run_id: str) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), flush_secs=self.flush_secs)
+        # purge_step drops the events an interrupted run wrote after the checkpoint resumed from
+        self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), flush_secs=self.flush_secs, purge_step=step + 1 if step else None)
         self._writer.add_text("config", "```\n" + json.dumps(config, indent=2, sort_keys=True) + "\n```")
 
     def log_row(self, row: dict[str, float]) -> None:
@@ -89,11 +95,12 @@ class WandbLogger:
         self.project = project
         self._run: Any = None
 
-    def start(self, run_dir: Path, config: dict[str, Any]) -> None:
+    def start(self, run_dir: Path, config: dict[str, Any], step: int, run_id: str) -> None:
         import wandb
 
         self._wandb = wandb
-        self._run = wandb.init(project=self.project, dir=str(run_dir), config=config, mode="offline", name=Path(run_dir).name, resume="allow")
+        # the run's id: every fit() and resume of one asvae-kit run continues one wandb run
+        self._run = wandb.init(project=self.project, dir=str(run_dir), config=config, mode="offline", name=Path(run_dir).name, id=run_id, resume="allow")
 
     def log_row(self, row: dict[str, float]) -> None:
         self._run.log({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))

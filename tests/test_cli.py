@@ -280,3 +280,32 @@ def test_progress_lines_off_a_terminal_and_quiet(tmp_path, capsys):
     assert len(lines) == 2 and "ETA" in lines[0]
     assert main(["train", "--preset", "mlp-vae", "--steps", "4", "--log-every", "2", "--batch-size", "8", "-q", "--out", str(tmp_path / "b")]) == 0
     assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+
+
+def test_did_you_mean_reads_quoted_and_bare_choice_lists(capsys):
+    from asvae_kit.cli import make_parser
+
+    parser = make_parser()
+    for message in ("argument COMMAND: invalid choice: 'trian' (choose from 'train', 'sample')",
+                    "argument COMMAND: invalid choice: 'trian' (choose from train, sample)"):
+        with pytest.raises(SystemExit):
+            parser.error(message)
+        assert "Did you mean 'train'?" in capsys.readouterr().err
+
+
+def test_yaml_numbers_and_a_preset_key_in_python(tmp_path):
+    from asvae_kit.config import load_config_file
+
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: mlp-vae\noptim:\n  lr: 1e-4\n")
+    trainer = asvae_kit.build(load_config_file(path), device="cpu")
+    assert trainer.config["optim"]["lr"] == 1e-4 and trainer.config["divergence"]["name"] == "elbo"
+
+
+def test_print_config_of_a_resumed_run_is_the_runs(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_tiny(run) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--steps", "9", "--print-config"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["divergence"]["name"] == "elbo" and config["steps"] == 9 and config["encoder"]["hidden"] == [32]

@@ -55,3 +55,33 @@ def test_evaluation_uses_the_average():
     trainer.ema = None
     raw = trainer.evaluate(["recon"])["recon_mse"]
     assert with_ema != pytest.approx(raw, rel=1e-9)
+
+
+def test_every_metric_sees_the_average_whoever_calls_evaluate():
+    from asvae_kit.evaluation import evaluate
+
+    trainer = asvae_kit.build("mlp-vae", steps=3, ema=0.5, **SMALL).fit(progress=False)
+    torch.manual_seed(1)
+    direct = evaluate(trainer, ["nll:k=4:n=16"])["nll"]  # what `asvae-kit evaluate` calls
+    torch.manual_seed(1)
+    assert direct == pytest.approx(trainer.evaluate(["nll:k=4:n=16"])["nll"], rel=1e-9)
+    trainer.ema, ema = None, trainer.ema
+    torch.manual_seed(1)
+    assert direct != pytest.approx(evaluate(trainer, ["nll:k=4:n=16"])["nll"], rel=1e-9)  # the raw weights differ
+    trainer.ema = ema
+    with trainer.ema.applied():
+        with pytest.raises(RuntimeError, match="inside trainer.averaged"):
+            trainer.save("unused")
+
+
+def test_an_interrupted_swap_leaves_the_raw_weights(monkeypatch):
+    trainer = asvae_kit.build("mlp-vae", steps=2, ema=0.5, **SMALL).fit(progress=False)
+    raw = {k: v.clone() for k, v in trainer.decoder.state_dict().items()}
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with trainer.ema.applied():
+            boom()
+    assert all(torch.equal(raw[k], v) for k, v in trainer.decoder.state_dict().items()) and not trainer.ema.swapped

@@ -86,8 +86,8 @@ class ListLogger:
     def __init__(self, prefix="row"):
         self.prefix = prefix
 
-    def start(self, run_dir, config):
-        ROWS.append(("start", config["steps"]))
+    def start(self, run_dir, config, step, run_id):
+        ROWS.append(("start", config["steps"], step))
 
     def log_row(self, row):
         ROWS.append((self.prefix, row["step"]))
@@ -106,7 +106,7 @@ def register_loggers(register):
     )
     trainer = asvae_kit.build("mlp-vae", steps=2, log_every=1, sample_every=0, loggers=[{"name": "list", "prefix": "r"}], device="cpu", **SMALL)
     trainer.fit(run_dir=tmp_path / "run", progress=False)
-    assert rows.ROWS[:3] == [("start", 2), ("r", 1), ("r", 2)]
+    assert rows.ROWS[:3] == [("start", 2, 0), ("r", 1), ("r", 2)]
     assert ("samples", (1, 8, 8), 2) in rows.ROWS and rows.ROWS[-1] == ("close",)
     with pytest.raises(asvae_kit.ConfigError, match="logger 'list' has no config key 'prefx'. Did you mean 'prefix'"):
         asvae_kit.build("mlp-vae", loggers=[{"name": "list", "prefx": "r"}], device="cpu")
@@ -116,3 +116,78 @@ def test_nothing_is_logged_without_a_run_directory():
     trainer = asvae_kit.build("mlp-vae", steps=2, log_every=1, device="cpu", **SMALL)
     trainer.fit(progress=False)
     assert len(trainer.history) == 2 and torch.isfinite(torch.tensor(trainer.history[-1]["g_loss"]))
+
+
+class _Stub:
+    def __init__(self, log, name, fail=False):
+        self.log, self.name, self.fail = log, name, fail
+
+    def start(self, run_dir, config, step, run_id):
+        if self.fail:
+            raise RuntimeError(f"{self.name} cannot start")
+        self.log.append(("start", self.name, step))
+
+    def log_row(self, row):
+        self.log.append(("row", self.name, row["step"]))
+
+    def log_images(self, name, images, step):
+        self.log.append(("images", self.name, step))
+
+    def close(self):
+        self.log.append(("close", self.name))
+
+
+def test_only_started_loggers_are_fed_and_closed(tmp_path):
+    from asvae_kit.loggers import Loggers
+
+    log = []
+    group = Loggers([_Stub(log, "a"), _Stub(log, "b", fail=True), _Stub(log, "c")])
+    group.log_row({"step": 1})  # not open: nowhere
+    with pytest.raises(RuntimeError, match="b cannot start"):
+        with group.opened(tmp_path, {}, 0, "id"):
+            pass
+    assert log == [("start", "a", 0), ("close", "a")]
+
+
+def test_after_fit_the_loggers_are_closed_and_get_nothing(tmp_path):
+    log = []
+    trainer = asvae_kit.build("mlp-vae", steps=2, log_every=1, sample_every=0, device="cpu", **SMALL)
+    trainer.loggers.all.append(_Stub(log, "s"))
+    trainer.fit(run_dir=tmp_path / "run", progress=False)
+    assert log[0] == ("start", "s", 0) and log[-1] == ("close", "s")
+    n = len(log)
+    trainer.save_grids()
+    assert len(log) == n
+
+
+def test_a_resumed_run_drops_the_rows_an_interrupted_run_logged_after_its_checkpoint(tmp_path):
+    import csv
+
+    run = tmp_path / "run"
+    asvae_kit.build("mlp-vae", steps=3, log_every=1, device="cpu", **SMALL).fit(run_dir=run, progress=False)
+    with open(run / "metrics.csv", "a", newline="") as f:  # what a run killed at step 5 leaves behind
+        writer = csv.writer(f)
+        for step in (4, 5):
+            writer.writerow([step] + ["1.0"] * 6)
+    asvae_kit.load(run).fit(6, progress=False)
+    steps = [int(r["step"]) for r in csv.DictReader(open(run / "metrics.csv"))]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_logger_listed_twice_is_refused():
+    with pytest.raises(asvae_kit.ConfigError, match="names 'csv' twice"):
+        asvae_kit.build("mlp-vae", loggers=["csv", "csv"])
+
+
+def test_inference_does_not_need_the_loggers_packages(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "run"
+    asvae_kit.build("mlp-vae", steps=2, loggers=["csv", "tensorboard"], device="cpu", **SMALL).fit(run_dir=run, progress=False)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(asvae_kit.ConfigError, match=r"asvae_kit.load\(run, loggers=\[\]\)"):
+        asvae_kit.load(run)
+    assert asvae_kit.load(run, loggers=[]).step == 2
+    assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.png")]) == 0

@@ -47,3 +47,8 @@ def test_the_threads_key_sets_torch(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_under_torchrun_the_workers_are_counted(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert threads.torch_processes() == 2

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_path, atomic_write_text
 from ..images import save_image_grid
 
 __all__ = ["CONFIG_FILE", "METRICS_FILE", "write_config", "MetricsFile", "write_grids"]
@@ -43,6 +43,22 @@ class MetricsFile:
     def reset(self) -> None:
         """Forget the columns (the file was removed)."""
         self.columns = None
+
+    def drop_rows_after(self, run_dir: Path, step: int) -> None:
+        """Remove rows past ``step`` (an interrupted run logged them after its last checkpoint;
+        resuming from ``step`` logs them again), rewriting the file atomically."""
+        path = Path(run_dir) / METRICS_FILE
+        if not path.is_file():
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if len(rows) < 2 or "step" not in rows[0]:
+            return
+        at = rows[0].index("step")
+        kept = [rows[0]] + [r for r in rows[1:] if len(r) > at and r[at] and float(r[at]) <= step]
+        if len(kept) < len(rows):
+            with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
 
     def append(self, run_dir: Path, row: dict[str, float]) -> None:
         path = Path(run_dir) / METRICS_FILE
