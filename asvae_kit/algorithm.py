@@ -57,7 +57,10 @@ class AlgorithmStep:
 
     def make_batch(self, x: torch.Tensor) -> JointBatch:
         """The step's joint samples for the data batch ``x`` (prior codes drawn here)."""
-        return JointBatch(x, self.encoder, self.decoder, int(self.config["latent_dim"]), sample_x=self.config["sample_x"])
+        return JointBatch(
+            x, self.encoder, self.decoder, int(self.config["latent_dim"]), sample_x=self.config["sample_x"],
+            decode_together=bool(getattr(self.divergence, "decodes_both", False)),
+        )
 
     def discriminator_step(self, batch: JointBatch) -> dict[str, torch.Tensor]:
         """``n_critic`` discriminator updates on the batch's samples, generator outputs detached."""

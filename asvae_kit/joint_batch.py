@@ -40,11 +40,13 @@ class JointBatch:
         z_p: torch.Tensor | None = None,
         z_m: torch.Tensor | None = None,
         sample_x: bool = False,
+        decode_together: bool = False,
     ) -> None:
         self.x = x
         self.encoder = encoder
         self.decoder = decoder
         self.sample_x = sample_x
+        self.decode_together = decode_together  # one decoder call for z_q and z_p (see ``_decoded``)
         shape = (x.shape[0], latent_dim)
         self.z_p = torch.randn(shape, device=x.device, dtype=x.dtype) if z_p is None else z_p
         self.z_m = torch.randn(shape, device=x.device, dtype=x.dtype) if z_m is None else z_m
@@ -60,8 +62,18 @@ class JointBatch:
         return self.posterior.rsample()
 
     @cached_property
+    def _decoded(self) -> Any:
+        """decoder(cat(z_q, z_p)): p(x|z_q) and p(x|z_p) from one decoder call.  A divergence that
+        uses both ``log_px`` and ``x_p`` (``decodes_both = True``, as ASVAE's) gets them this way:
+        half the decoder launches on a GPU.  Networks without batch statistics (docs/design.md §2)
+        give each row the same value either way."""
+        return self.decoder(torch.cat([self.z_q, self.z_p]))
+
+    @cached_property
     def prior_likelihood(self) -> Any:
         """p(x|z_p) for the prior codes."""
+        if self.decode_together:
+            return _Rows(self._decoded, self.x.shape[0], None)
         return self.decoder(self.z_p)
 
     @cached_property
@@ -80,6 +92,8 @@ class JointBatch:
     @cached_property
     def log_px(self) -> torch.Tensor:
         """log p(x|z_q) per sample, ``[B]``."""
+        if self.decode_together:
+            return _Rows(self._decoded, 0, self.x.shape[0]).log_prob(self.x)
         return self.decoder(self.z_q).log_prob(self.x)
 
     @cached_property
@@ -98,6 +112,28 @@ class JointBatch:
                 "adversarial divergence ('avb', 'asvae')."
             )
         return post.kl_standard_normal()
+
+
+class _Rows:
+    """Rows ``start:stop`` of a likelihood over a stacked batch, itself a likelihood (``mean``,
+    ``log_prob``, ``rsample``): what ``JointBatch._decoded`` splits into p(x|z_q) and p(x|z_p)."""
+
+    def __init__(self, likelihood: Any, start: int, stop: int | None) -> None:
+        self.likelihood, self.rows = likelihood, slice(start, stop)
+        self.has_rsample = getattr(likelihood, "has_rsample", hasattr(likelihood, "rsample"))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.likelihood.mean[self.rows]
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        # the other rows are scored against their own (detached) means and dropped: log_prob is per row
+        full = self.likelihood.mean.detach().clone()
+        full[self.rows] = x
+        return self.likelihood.log_prob(full)[self.rows]
+
+    def rsample(self) -> torch.Tensor:
+        return self.likelihood.rsample()[self.rows]
 
 
 def check_head_count(discriminator: nn.Module | None, num_heads: int, divergence: str) -> None:

@@ -1,6 +1,6 @@
 """The two optimizers of a run, their learning-rate schedule and gradient clipping.
 
-Both are Adam with ``config['optim']``'s betas and weight decay, one for the encoder and decoder,
+Both are Adam (fused where the device supports it) with ``config['optim']``'s betas and weight decay, one for the encoder and decoder,
 one for the discriminator; the discriminator's learning rate is ``optim.disc_lr`` when set, else
 ``optim.lr``.  The schedule (``optim.schedule``, ``optim.warmup_steps``) is a function of the step
 alone, so a resumed run follows it exactly.
@@ -20,11 +20,20 @@ __all__ = ["make_optimizers", "set_learning_rates", "lr_factor", "is_scheduled",
 def make_optimizers(optim: dict[str, Any], encoder: nn.Module, decoder: nn.Module, discriminator: nn.Module | None) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
     """``(encoder/decoder optimizer, discriminator optimizer or None)`` for the resolved ``optim`` config."""
     betas = tuple(optim["betas"])
-    gen = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=optim["lr"], betas=betas, weight_decay=optim["weight_decay"])
+    gen = _adam([*encoder.parameters(), *decoder.parameters()], lr=optim["lr"], betas=betas, weight_decay=optim["weight_decay"])
     disc = None
     if discriminator is not None:
-        disc = torch.optim.Adam(discriminator.parameters(), lr=optim["disc_lr"] or optim["lr"], betas=betas, weight_decay=optim["weight_decay"])
+        disc = _adam(list(discriminator.parameters()), lr=optim["disc_lr"] or optim["lr"], betas=betas, weight_decay=optim["weight_decay"])
     return gen, disc
+
+
+def _adam(params: list[torch.nn.Parameter], **options: Any) -> torch.optim.Adam:
+    """Adam with the fused implementation (one kernel per update) where this torch has it for the
+    parameters' device, the default (for-each) one elsewhere."""
+    try:
+        return torch.optim.Adam(params, fused=True, **options)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, **options)
 
 
 def set_learning_rates(optim: dict[str, Any], gen: torch.optim.Optimizer, disc: torch.optim.Optimizer | None, factor: float = 1.0) -> None:

@@ -95,6 +95,7 @@ class ASVAE:
     ℓ_x = E_q[log p(x|z) - g] and ℓ_z = E_p[log q(z|x) - f]; report SKL ≈ mean_q(g-f) + mean_p(f-g)."""
 
     num_heads = 2
+    decodes_both = True  # uses log p(x|z_q) and x_p: the batch decodes z_q and z_p in one call
 
     def __init__(self, lambda_x: float = 1.0, lambda_z: float = 1.0, analytic_kl: bool = False) -> None:
         self.lambda_x = _check_weight(lambda_x, "lambda_x", "asvae")

@@ -78,3 +78,8 @@ def test_bad_values_are_named(key, value, phrase):
 
 def test_lr_factor_is_finite_for_a_zero_step_run():
     assert math.isfinite(lr_factor({"schedule": "cosine", "warmup_steps": 0}, 0, 0))
+
+
+def test_adam_is_fused_where_the_device_has_it():
+    trainer = asvae_kit.build("mlp-asvae", **SMALL)
+    assert trainer.gen_optimizer.defaults["fused"] and trainer.disc_optimizer.defaults["fused"]  # torch >= 2.4 fuses on CPU

@@ -146,7 +146,7 @@ def test_sigkill_at_random_moments_always_leaves_a_run_that_resumes_bit_exact(tm
     import random
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    steps = 300
+    steps = 800  # long enough that 20 kills land before it finishes, even on a fast machine
 
     def command(run: Path, resume: bool) -> list[str]:
         base = [sys.executable, "-m", "asvae_kit", "train", "--steps", str(steps), "--no-progress", "--out", str(run)]

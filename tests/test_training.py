@@ -257,3 +257,27 @@ def test_a_stale_metrics_file_is_not_appended_to(tmp_path):
     asvae_kit.build("mlp-asvae", steps=2, log_every=1, **SMALL).fit(run_dir=run)
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [r["step"] for r in rows] == ["1", "2"] and "old" not in rows[0]
+
+
+@pytest.mark.parametrize("likelihood, sample_x", [("bernoulli", False), ("gaussian", True), ("laplace", False)])
+def test_asvae_decodes_z_q_and_z_p_in_one_call_with_the_same_values(likelihood, sample_x):
+    from asvae_kit.joint_batch import JointBatch
+
+    trainer = asvae_kit.build("mlp-asvae", sample_x=sample_x, **{**SMALL, "decoder.likelihood": likelihood})
+    x = torch.rand(16, 1, 8, 8, device=trainer.device)
+    calls = []
+    hook = trainer.decoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    z_p, z_m = torch.randn(16, 4), torch.randn(16, 4)
+    assert trainer.algorithm.make_batch(x).decode_together
+    torch.manual_seed(3)
+    together = JointBatch(x, trainer.encoder, trainer.decoder, 4, z_p=z_p, z_m=z_m, sample_x=sample_x, decode_together=True)
+    values_together = (together.log_px, together.x_p)  # log_px first: z_q takes the same noise in both
+    assert calls == [32]
+    torch.manual_seed(3)
+    apart = JointBatch(x, trainer.encoder, trainer.decoder, 4, z_p=z_p, z_m=z_m, sample_x=sample_x)
+    values_apart = (apart.log_px, apart.x_p)
+    hook.remove()
+    assert calls == [32, 16, 16]
+    torch.testing.assert_close(values_together[0], values_apart[0], rtol=1e-5, atol=1e-4)
+    if not sample_x:  # a sample draws its noise for all 32 rows at once, so only the means compare
+        torch.testing.assert_close(values_together[1], values_apart[1], rtol=1e-5, atol=1e-6)
