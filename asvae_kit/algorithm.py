@@ -10,8 +10,9 @@ The divergence estimator decides the losses; this module only orders the updates
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager, Iterable
 
 import torch
 from torch import nn
@@ -22,7 +23,12 @@ from .guard import DivergenceGuard
 from .joint_batch import JointBatch, check_head_count
 from .optimizers import clip_gradients, is_scheduled, lr_factor, set_learning_rates
 
-__all__ = ["AlgorithmStep"]
+__all__ = ["AlgorithmStep", "PRECISIONS"]
+
+#: config ``precision`` -> the autocast dtype of the forward passes (``None``: float32 throughout).
+#: "16-mixed" also scales each optimizer's loss with its own GradScaler, so an overflow skips only
+#: that optimizer's step.
+PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
 
 
 class AlgorithmStep:
@@ -42,6 +48,7 @@ class AlgorithmStep:
         dist: DistContext,
         guard: DivergenceGuard,
         ema: EMA | None = None,
+        device: torch.device | None = None,
     ) -> None:
         self.num_heads = int(getattr(divergence, "num_heads", 0))
         check_head_count(discriminator, self.num_heads, config["divergence"]["name"])
@@ -50,6 +57,32 @@ class AlgorithmStep:
         self.gen_optimizer, self.disc_optimizer = gen_optimizer, disc_optimizer if self.discriminator is not None else None
         self.config, self.dist, self.guard, self.ema = config, dist, guard, ema
         self._where: tuple[int, tuple[Path, int] | None] = (0, None)
+        self.device_type = (device or torch.device("cpu")).type
+        self.amp_dtype = PRECISIONS[str(config.get("precision", "32"))]
+        fp16 = self.amp_dtype is torch.float16
+        self.scalers = {"gen": torch.amp.GradScaler(self.device_type), "disc": torch.amp.GradScaler(self.device_type)} if fp16 else {}
+
+    def forward_precision(self) -> ContextManager[Any]:
+        """Autocast for the forward passes (losses stay float32: the likelihoods and the fused head
+        compute in float32); a no-op at precision "32"."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.amp_dtype)
+
+    def _update(self, which: str, optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: Iterable[torch.Tensor], clip: float | None) -> None:
+        """Backward, gradient averaging, (unscaling,) clipping and the optimizer step."""
+        scaler = self.scalers.get(which)
+        optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        average_gradients(params, self.dist)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        clip_gradients(optimizer, clip)
+        if scaler is not None:
+            scaler.step(optimizer)  # skipped when this optimizer's gradients overflowed
+            scaler.update()
+        else:
+            optimizer.step()
 
     def check_loss(self, term: str, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
         """Raise ``TrainingDivergedError`` when ``loss`` (``"d_loss"`` or ``"g_loss"``) is divergent."""
@@ -67,15 +100,13 @@ class AlgorithmStep:
         terms: dict[str, torch.Tensor] = {}
         if self.discriminator is None or self.disc_optimizer is None:
             return terms
-        for _ in range(self.config["optim"]["n_critic"]):
-            d_loss, terms = self.divergence.discriminator_loss(self.discriminator, batch)
+        optim = self.config["optim"]
+        for _ in range(optim["n_critic"]):
+            with self.forward_precision():
+                d_loss, terms = self.divergence.discriminator_loss(self.discriminator, batch)
             self.check_loss("d_loss", d_loss, terms)
-            self.disc_optimizer.zero_grad(set_to_none=True)
-            d_loss.backward()
-            average_gradients(self.discriminator.parameters(), self.dist)
-            optim = self.config["optim"]
-            clip_gradients(self.disc_optimizer, optim["disc_clip_grad_norm"] or optim["clip_grad_norm"])
-            self.disc_optimizer.step()
+            clip = optim["disc_clip_grad_norm"] or optim["clip_grad_norm"]
+            self._update("disc", self.disc_optimizer, d_loss, self.discriminator.parameters(), clip)
         return terms
 
     def generator_step(self, batch: JointBatch) -> dict[str, torch.Tensor]:
@@ -83,13 +114,11 @@ class AlgorithmStep:
         if self.discriminator is not None:
             self.discriminator.requires_grad_(False)
         try:
-            g_loss, terms = self.divergence.generator_loss(self.discriminator, batch)
+            with self.forward_precision():
+                g_loss, terms = self.divergence.generator_loss(self.discriminator, batch)
             self.check_loss("g_loss", g_loss, terms)
-            self.gen_optimizer.zero_grad(set_to_none=True)
-            g_loss.backward()
-            average_gradients((p for group in self.gen_optimizer.param_groups for p in group["params"]), self.dist)
-            clip_gradients(self.gen_optimizer, self.config["optim"]["clip_grad_norm"])
-            self.gen_optimizer.step()
+            params = [p for group in self.gen_optimizer.param_groups for p in group["params"]]
+            self._update("gen", self.gen_optimizer, g_loss, params, self.config["optim"]["clip_grad_norm"])
             if self.ema is not None:
                 self.ema.update()
         finally:

@@ -81,7 +81,7 @@ def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer
     algorithm = AlgorithmStep(
         encoder=encoder, decoder=decoder, discriminator=discriminator, divergence=divergence, gen_optimizer=gen_optimizer,
         disc_optimizer=disc_optimizer, config=config, dist=dist, guard=DivergenceGuard(config["diverge_factor"]),
-        ema=EMA({"encoder": encoder, "decoder": decoder}, config["ema"]) if config["ema"] else None,
+        ema=EMA({"encoder": encoder, "decoder": decoder}, config["ema"]) if config["ema"] else None, device=device,
     )
     loggers = [build_entry("logger", parse_spec(spec, "logger")) for spec in config["loggers"]]  # on every rank: a missing package fails everywhere
     return Trainer(config, algorithm=algorithm, data_shape=data_shape, device=device, dist=dist, data=data, loggers=loggers)

@@ -69,7 +69,10 @@ DEFAULTS: dict[str, Any] = {
     "loggers": ["csv"],
     "ema": None,
     "threads": None,
+    "precision": "32",
 }
+#: ``precision`` values: float32, bfloat16 autocast, float16 autocast with loss scaling.
+PRECISION_NAMES = ("32", "bf16", "16-mixed")
 
 
 def _entry(value: Any, key: str) -> dict[str, Any]:
@@ -184,6 +187,12 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         check_number(config["ema"], "config 'ema'", low=0, high=1, low_inclusive=False, expected="null/0 (off) or a decay in (0, 1), e.g. 0.999")
     if config["threads"] is not None:
         check_int(config["threads"], "config 'threads'", hint=" (or null for torch's default)")
+    config["precision"] = str(config["precision"])  # 32 and "32" alike
+    if config["precision"] not in PRECISION_NAMES:
+        raise ConfigError(
+            f"config 'precision' must be one of {', '.join(PRECISION_NAMES)}, got {config['precision']!r}."
+            f"{did_you_mean(config['precision'], PRECISION_NAMES)}"
+        )
     factor = config["diverge_factor"]
     if factor is not None and factor != 0:
         check_number(

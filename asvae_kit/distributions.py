@@ -29,12 +29,20 @@ def _sum_per_sample(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).sum(dim=1)
 
 
+def _f32(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Half-precision tensors (from autocast) as float32, so densities summed over hundreds of
+    pixels keep their precision; float32 and float64 stay as they are."""
+    return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)
+
+
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) per sample, ``[B]``."""
+    (z,) = _f32(z)
     return _sum_per_sample(-0.5 * (z.pow(2) + _LOG_2PI))
 
 
 def _gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    x, mean, log_scale = _f32(x, mean, log_scale)
     return _sum_per_sample(-0.5 * ((x - mean) * torch.exp(-log_scale)).pow(2) - log_scale - 0.5 * _LOG_2PI)
 
 
@@ -61,7 +69,8 @@ class GaussianPosterior:
 
     def kl_standard_normal(self) -> torch.Tensor:
         """KL(q(z|x) || N(0, I)) in closed form, per sample."""
-        return _sum_per_sample(0.5 * (torch.exp(self.logvar) + self.mean.pow(2) - 1.0 - self.logvar))
+        mean, logvar = _f32(self.mean, self.logvar)
+        return _sum_per_sample(0.5 * (torch.exp(logvar) + mean.pow(2) - 1.0 - logvar))
 
 
 class ImplicitPosterior:
@@ -102,7 +111,8 @@ class BernoulliLikelihood:
         return torch.sigmoid(self.logits)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        return -_sum_per_sample(F.binary_cross_entropy_with_logits(self.logits, x, reduction="none"))
+        logits, x = _f32(self.logits, x)
+        return -_sum_per_sample(F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none"))
 
     def sample(self) -> torch.Tensor:
         return torch.bernoulli(self.mean)
@@ -138,7 +148,8 @@ class LaplaceLikelihood(_LocationScaleLikelihood):
     """Independent Laplace pixels with location ``mean`` (in [0, 1]) and scale exp(log_scale)."""
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        return _sum_per_sample(-(x - self.mean).abs() * torch.exp(-self.log_scale) - self.log_scale - math.log(2.0))
+        x, mean, log_scale = _f32(x, self.mean, self.log_scale)
+        return _sum_per_sample(-(x - mean).abs() * torch.exp(-log_scale) - log_scale - math.log(2.0))
 
     def rsample(self) -> torch.Tensor:
         u = torch.rand_like(self.mean).clamp(1e-6, 1 - 1e-6) - 0.5

@@ -93,7 +93,9 @@ def register_discriminators(register: RegisterFn) -> None:
 def register_divergences(register: RegisterFn) -> None:
     """Register divergence estimators (what turns the networks into a VAE, AVB, ALI or ASVAE).
 
-    Factory: ``factory(**config) -> Divergence`` with ``num_heads: int``,
+    Factory: ``factory(**config) -> Divergence`` with ``num_heads: int`` (and optionally
+    ``decodes_both = True`` when its losses use both ``batch.log_px`` and ``batch.x_p``: the
+    batch then decodes z_q and z_p in one decoder call),
     ``discriminator_loss(discriminator, batch) -> (loss, diagnostics)`` and
     ``generator_loss(discriminator, batch) -> (loss, diagnostics)``; ``batch`` is an
     ``asvae_kit.joint_batch.JointBatch``.  Head statistics go through

@@ -252,6 +252,7 @@ class Trainer(Inference):
             "disc_optimizer": self.disc_optimizer.state_dict() if self.disc_optimizer is not None else None,
             "rng": capture_rng(self.data_generator),
             "data_stream": self._stream.state_dict() if self._stream is not None else self._stream_state,
+            "scalers": {name: scaler.state_dict() for name, scaler in self.algorithm.scalers.items()},
             "history": self.history,
         }
 
@@ -293,6 +294,9 @@ class Trainer(Inference):
         if self.disc_optimizer is not None and state.get("disc_optimizer") is not None:
             self.disc_optimizer.load_state_dict(state["disc_optimizer"])
         restore_rng(state.get("rng", {}), self.data_generator)
+        for name, scaler in self.algorithm.scalers.items():
+            if name in (state.get("scalers") or {}):
+                scaler.load_state_dict(state["scalers"][name])
         self._stream, self._stream_state = None, state.get("data_stream")
         seed_replica_noise(self.dist, self.config["seed"], self.step)  # the checkpoint holds rank 0's noise state
         self.log.history = list(state.get("history", []))
