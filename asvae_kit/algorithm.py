@@ -69,6 +69,15 @@ class AlgorithmStep:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.amp_dtype)
 
+    def scaler_state(self) -> dict[str, Any]:
+        """The loss scalers' state (empty unless precision is "16-mixed"), for checkpoints."""
+        return {name: scaler.state_dict() for name, scaler in self.scalers.items()}
+
+    def load_scaler_state(self, state: dict[str, Any]) -> None:
+        for name, scaler in self.scalers.items():
+            if name in state:
+                scaler.load_state_dict(state[name])
+
     def _update(self, which: str, optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: Iterable[torch.Tensor], clip: float | None) -> None:
         """Backward, gradient averaging, (unscaling,) clipping and the optimizer step."""
         scaler = self.scalers.get(which)

@@ -23,7 +23,7 @@ from .distributed import broadcast_parameters, context_from_env, resolve_device
 from .ema import EMA
 from .errors import CheckpointError, ConfigError
 from .guard import DivergenceGuard
-from .optimizers import make_optimizers
+from .optimizers import make_optimizers, set_learning_rates
 from .plugin_manager import get_registry
 from .rundir import CONFIG_FILE
 from .splits import ConfiguredData
@@ -136,5 +136,5 @@ def load(run_dir: str | os.PathLike, /, **overrides: Any) -> Trainer:
     trainer = build_from_config(resolve_config(config, overrides))
     trainer.load_state(run_dir)
     if "optim.lr" in overrides or "optim.disc_lr" in overrides:
-        trainer.set_learning_rates()  # the checkpoint's optimizer state carries the old ones
+        set_learning_rates(trainer.config["optim"], trainer.gen_optimizer, trainer.disc_optimizer)  # the checkpoint carries the old rates
     return trainer

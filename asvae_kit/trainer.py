@@ -29,7 +29,6 @@ from .images import interleave_rows
 from .loggers import Loggers
 from .inference import Inference
 from .losslog import LossLog
-from .optimizers import set_learning_rates
 from .progress import Progress, progress_mode
 from .rng import capture_rng, restore_rng
 from .rundir import CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, RunDirectory
@@ -112,10 +111,6 @@ class Trainer(Inference):
         return self.data.split(split)
 
     # -- one step ------------------------------------------------------------------------------
-    def set_learning_rates(self) -> None:
-        """Give both optimizers the learning rates of ``config['optim']`` (``disc_lr`` or ``lr``)."""
-        set_learning_rates(self.config["optim"], self.gen_optimizer, self.disc_optimizer)
-
     def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One algorithm step (``self.algorithm``, docs/design.md §1) on the data batch ``x``: discriminator
         update(s), then the encoder/decoder update.  Returns the detached loss terms."""
@@ -252,7 +247,7 @@ class Trainer(Inference):
             "disc_optimizer": self.disc_optimizer.state_dict() if self.disc_optimizer is not None else None,
             "rng": capture_rng(self.data_generator),
             "data_stream": self._stream.state_dict() if self._stream is not None else self._stream_state,
-            "scalers": {name: scaler.state_dict() for name, scaler in self.algorithm.scalers.items()},
+            "scalers": self.algorithm.scaler_state(),
             "history": self.history,
         }
 
@@ -294,9 +289,7 @@ class Trainer(Inference):
         if self.disc_optimizer is not None and state.get("disc_optimizer") is not None:
             self.disc_optimizer.load_state_dict(state["disc_optimizer"])
         restore_rng(state.get("rng", {}), self.data_generator)
-        for name, scaler in self.algorithm.scalers.items():
-            if name in (state.get("scalers") or {}):
-                scaler.load_state_dict(state["scalers"][name])
+        self.algorithm.load_scaler_state(state.get("scalers") or {})
         self._stream, self._stream_state = None, state.get("data_stream")
         seed_replica_noise(self.dist, self.config["seed"], self.step)  # the checkpoint holds rank 0's noise state
         self.log.history = list(state.get("history", []))
