@@ -61,6 +61,21 @@ class AlgorithmStep:
         self.amp_dtype = PRECISIONS[str(config.get("precision", "32"))]
         fp16 = self.amp_dtype is torch.float16
         self.scalers = {"gen": torch.amp.GradScaler(self.device_type), "disc": torch.amp.GradScaler(self.device_type)} if fp16 else {}
+        if config.get("compile"):
+            self.compile_networks()
+
+    def compile_networks(self, fullgraph: bool = False) -> None:
+        """``torch.compile`` every network call of a step (config ``compile``): the encoder's and
+        decoder's forward, with their likelihoods' densities, and the discriminator's ``features``.
+        Each call stays its own autograd node, so the two updates share the step's samples as in
+        eager mode; the losses' few remaining operations and the fused head op run as they are.
+        The built-in networks trace without a graph break (``fullgraph=True`` is tested); a
+        plugin's that break still run, in pieces.  Compiled code draws its random numbers from
+        Inductor's generator, not eager's."""
+        self.encoder.compile(fullgraph=fullgraph)
+        self.decoder.compile(fullgraph=fullgraph)
+        if self.discriminator is not None:
+            self.discriminator.features = torch.compile(self.discriminator.features, fullgraph=fullgraph)
 
     def forward_precision(self) -> ContextManager[Any]:
         """Autocast for the forward passes (losses stay float32: the likelihoods and the fused head

@@ -70,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "ema": None,
     "threads": None,
     "precision": "32",
+    "compile": False,
 }
 #: ``precision`` values: float32, bfloat16 autocast, float16 autocast with loss scaling.
 PRECISION_NAMES = ("32", "bf16", "16-mixed")
@@ -187,6 +188,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         check_number(config["ema"], "config 'ema'", low=0, high=1, low_inclusive=False, expected="null/0 (off) or a decay in (0, 1), e.g. 0.999")
     if config["threads"] is not None:
         check_int(config["threads"], "config 'threads'", hint=" (or null for torch's default)")
+    check_bool(config["compile"], "config 'compile'")
     config["precision"] = str(config["precision"])  # 32 and "32" alike
     if config["precision"] not in PRECISION_NAMES:
         raise ConfigError(

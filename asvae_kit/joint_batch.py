@@ -12,7 +12,6 @@ therefore never runs the decoder on prior codes, and ALI never reconstructs.
 
 from __future__ import annotations
 
-from functools import cached_property
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -25,6 +24,22 @@ __all__ = ["JointBatch", "Divergence", "head_statistics", "check_head_count", "M
 
 #: Indices into the last axis of ``fused_disc_head``'s output.
 MEAN, SOFTPLUS, SOFTPLUS_NEG = 0, 1, 2
+
+
+class computed_once:
+    """``functools.cached_property`` without its lock (Python 3.11's takes one on every first
+    access, which ``torch.compile`` cannot trace): the value is computed on first access and
+    stored in the instance's ``__dict__``, which later accesses read directly."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn, self.name, self.__doc__ = fn, fn.__name__, fn.__doc__
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        value = self.fn(instance)
+        instance.__dict__[self.name] = value
+        return value
 
 
 class JointBatch:
@@ -51,17 +66,17 @@ class JointBatch:
         self.z_p = torch.randn(shape, device=x.device, dtype=x.dtype) if z_p is None else z_p
         self.z_m = torch.randn(shape, device=x.device, dtype=x.dtype) if z_m is None else z_m
 
-    @cached_property
+    @computed_once
     def posterior(self) -> Any:
         """q(z|x) for the data batch."""
         return self.encoder(self.x)
 
-    @cached_property
+    @computed_once
     def z_q(self) -> torch.Tensor:
         """z_q ~ q(z|x), reparameterised."""
         return self.posterior.rsample()
 
-    @cached_property
+    @computed_once
     def _decoded(self) -> Any:
         """decoder(cat(z_q, z_p)): p(x|z_q) and p(x|z_p) from one decoder call.  A divergence that
         uses both ``log_px`` and ``x_p`` (``decodes_both = True``, as ASVAE's) gets them this way:
@@ -69,14 +84,14 @@ class JointBatch:
         give each row the same value either way."""
         return self.decoder(torch.cat([self.z_q, self.z_p]))
 
-    @cached_property
+    @computed_once
     def prior_likelihood(self) -> Any:
         """p(x|z_p) for the prior codes."""
         if self.decode_together:
             return _Rows(self._decoded, self.x.shape[0], None)
         return self.decoder(self.z_p)
 
-    @cached_property
+    @computed_once
     def x_p(self) -> torch.Tensor:
         """x_p ~ p(x|z_p): the likelihood's mean, or a reparameterised sample when sample_x."""
         lik = self.prior_likelihood
@@ -89,19 +104,19 @@ class JointBatch:
             )
         return lik.rsample()
 
-    @cached_property
+    @computed_once
     def log_px(self) -> torch.Tensor:
         """log p(x|z_q) per sample, ``[B]``."""
         if self.decode_together:
             return _Rows(self._decoded, 0, self.x.shape[0]).log_prob(self.x)
         return self.decoder(self.z_q).log_prob(self.x)
 
-    @cached_property
+    @computed_once
     def log_qz(self) -> torch.Tensor:
         """log q(z_p|x_p) per sample, ``[B]``."""
         return self.encoder(self.x_p).log_prob(self.z_p)
 
-    @cached_property
+    @computed_once
     def kl(self) -> torch.Tensor:
         """KL(q(z|x) || p(z)) in closed form, per sample; needs an explicit (Gaussian) encoder."""
         post = self.posterior
