@@ -68,7 +68,7 @@ def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer
 
     if config["threads"] is not None:
         torch.set_num_threads(config["threads"])
-    dist = context_from_env()
+    dist = context_from_env(config["device"])
     device = resolve_device(config["device"], dist)
     networks = [m.to(device) for m in (encoder, decoder, discriminator) if m is not None]
     broadcast_parameters(networks, dist)

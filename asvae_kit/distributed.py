@@ -45,9 +45,9 @@ class DistContext:
         return self.rank == 0
 
 
-def context_from_env() -> DistContext:
-    """A ``DistContext`` from torchrun's variables, initialising the process group if needed
-    (NCCL when CUDA is available, else gloo)."""
+def context_from_env(device: str = "auto") -> DistContext:
+    """A ``DistContext`` from torchrun's variables, initialising the process group if needed:
+    NCCL when the run's ``device`` (config) is a GPU one and CUDA is available, else gloo."""
     world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world_size <= 1:
         return DistContext()
@@ -56,7 +56,8 @@ def context_from_env() -> DistContext:
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        on_gpu = torch.cuda.is_available() and not str(device).startswith("cpu")
+        dist.init_process_group("nccl" if on_gpu else "gloo")
     return DistContext(world_size=dist.get_world_size(), rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0") or 0))
 
 

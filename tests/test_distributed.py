@@ -51,3 +51,21 @@ def test_shards_of_a_global_batch_are_disjoint_and_cover_it():
         assert len(a) == len(b) == 4
         assert set(a.tolist()).isdisjoint(b.tolist())
         assert sorted(a.tolist() + b.tolist()) == sorted(whole.tolist())
+
+
+def test_a_cpu_run_uses_gloo_even_where_cuda_is_available(monkeypatch):
+    import torch.distributed as dist
+
+    from asvae_kit.distributed import context_from_env
+
+    backends = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: backends.append(backend))
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    assert context_from_env("cpu").rank == 1
+    context_from_env("auto")
+    context_from_env("cuda:0")
+    assert backends == ["gloo", "nccl", "nccl"]
