@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared GPU check (issue 12): on a CUDA machine with torch and triton installed and
 # nothing to fetch, run the kernel tests on the GPU, the library-vs-hand-written step comparison
-# and the kernel/step benchmarks, writing every figure under one folder.  Under 8 minutes.
+# and the kernel/step benchmarks, writing every figure under one folder.  Under 8 minutes
+# (about 100 s of commands when last run, before the bf16 and compiled step comparisons were added).
 #
 #   bash bench/gpu.sh [OUT_DIR]        (default: $OUT, else gpu-results)
 #
@@ -22,14 +23,18 @@ unset TRITON_INTERPRET
 cat "$out/machine.txt"
 
 echo "== kernel tests on CUDA"
-timeout 120 python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kernels_triton.py -x > "$out/tests_cuda.txt" 2>&1
+timeout 150 python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kernels_triton.py tests/test_training.py > "$out/tests_cuda.txt" 2>&1
 echo "exit $?" >> "$out/tests_cuda.txt"; tail -3 "$out/tests_cuda.txt"
 
 echo "== library step vs hand-written loop (eager)"
 timeout 60 python bench/step_compare.py --device cuda --steps 200 --repeats 3 --out "$out/step_compare.json" 2>&1 | tail -1
 
+echo "== the same, library step in bf16, and compiled"
+timeout 60 python bench/step_compare.py --device cuda --steps 200 --repeats 2 --precision bf16 --out "$out/step_compare_bf16.json" 2>&1 | tail -1
+timeout 90 python bench/step_compare.py --device cuda --steps 200 --repeats 2 --compile --out "$out/step_compare_compile.json" 2>&1 | tail -1
+
 echo "== kernel benchmarks"
-timeout 90 python -m pytest -q -p no:cacheprovider bench/test_fused_disc_head.py --benchmark-only -k "4096 or overhead" \
+timeout 75 python -m pytest -q -p no:cacheprovider bench/test_fused_disc_head.py --benchmark-only -k "4096 or overhead" \
   --benchmark-json="$out/bench_kernel.json" --benchmark-columns=min,median,rounds > "$out/bench_kernel.txt" 2>&1
 echo "exit $?" >> "$out/bench_kernel.txt"; tail -25 "$out/bench_kernel.txt"
 

@@ -72,11 +72,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", default="32", choices=("32", "bf16", "16-mixed"), help="the library step's precision (the loop stays float32)")
+    parser.add_argument("--compile", action="store_true", help="compile the library step's networks (the loop stays eager)")
     parser.add_argument("--out", help="write the results as JSON here too")
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    trainer = asvae_kit.build("mlp-asvae", data=None, data_shape=[1, 28, 28], batch_size=args.batch, device=str(device), seed=0)
+    trainer = asvae_kit.build("mlp-asvae", data=None, data_shape=[1, 28, 28], batch_size=args.batch, device=str(device), seed=0,
+                              precision=args.precision, compile=args.compile)
     enc, dec, disc = (copy.deepcopy(m) for m in (trainer.encoder, trainer.decoder, trainer.discriminator))
     optim = trainer.config["optim"]
     opt_g = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=optim["lr"], betas=tuple(optim["betas"]))
@@ -84,7 +87,8 @@ def main() -> None:
     x = torch.rand(args.batch, 1, 28, 28, device=device)
     latent = trainer.latent_dim
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-               "torch": torch.__version__, "batch": args.batch, "steps": args.steps, "library": [], "handwritten": []}
+               "torch": torch.__version__, "batch": args.batch, "steps": args.steps, "precision": args.precision,
+               "compile": args.compile, "library": [], "handwritten": []}
     for _ in range(args.repeats):  # interleaved, so drift hits both alike
         results["library"].append(timed(lambda: trainer.train_step(x), args.steps, sync))
         results["handwritten"].append(timed(lambda: handwritten_step(enc, dec, disc, opt_g, opt_d, x, latent), args.steps, sync))
