@@ -11,6 +11,7 @@ The divergence estimator decides the losses; this module only orders the updates
 from __future__ import annotations
 
 import contextlib
+import types
 from pathlib import Path
 from typing import Any, ContextManager, Iterable
 
@@ -23,12 +24,18 @@ from .guard import DivergenceGuard
 from .joint_batch import JointBatch, check_head_count
 from .optimizers import clip_gradients, is_scheduled, lr_factor, set_learning_rates
 
-__all__ = ["AlgorithmStep", "PRECISIONS"]
+__all__ = ["AlgorithmStep", "PRECISIONS", "uses_batch_statistics"]
 
 #: config ``precision`` -> the autocast dtype of the forward passes (``None``: float32 throughout).
 #: "16-mixed" also scales each optimizer's loss with its own GradScaler, so an overflow skips only
 #: that optimizer's step.
 PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def uses_batch_statistics(module: nn.Module) -> bool:
+    """True when ``module`` normalises with batch statistics (a BatchNorm), so its output for one
+    row depends on the other rows of the call."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
 class AlgorithmStep:
@@ -61,6 +68,8 @@ class AlgorithmStep:
         self.amp_dtype = PRECISIONS[str(config.get("precision", "32"))]
         fp16 = self.amp_dtype is torch.float16
         self.scalers = {"gen": torch.amp.GradScaler(self.device_type), "disc": torch.amp.GradScaler(self.device_type)} if fp16 else {}
+        # one decoder call for z_q and z_p, unless the decoder's batch statistics would mix the two
+        self.decode_together = bool(getattr(divergence, "decodes_both", False)) and not uses_batch_statistics(decoder)
         if config.get("compile"):
             self.compile_networks()
 
@@ -75,7 +84,9 @@ class AlgorithmStep:
         self.encoder.compile(fullgraph=fullgraph)
         self.decoder.compile(fullgraph=fullgraph)
         if self.discriminator is not None:
-            self.discriminator.features = torch.compile(self.discriminator.features, fullgraph=fullgraph)
+            # bound to the instance at call time, so a deep copy of the discriminator calls its own features
+            features = torch.compile(type(self.discriminator).features, fullgraph=fullgraph)
+            self.discriminator.features = types.MethodType(features, self.discriminator)
 
     def forward_precision(self) -> ContextManager[Any]:
         """Autocast for the forward passes (losses stay float32: the likelihoods and the fused head
@@ -116,7 +127,7 @@ class AlgorithmStep:
         """The step's joint samples for the data batch ``x`` (prior codes drawn here)."""
         return JointBatch(
             x, self.encoder, self.decoder, int(self.config["latent_dim"]), sample_x=self.config["sample_x"],
-            decode_together=bool(getattr(self.divergence, "decodes_both", False)),
+            decode_together=self.decode_together,
         )
 
     def discriminator_step(self, batch: JointBatch) -> dict[str, torch.Tensor]:

@@ -95,7 +95,7 @@ def register_divergences(register: RegisterFn) -> None:
 
     Factory: ``factory(**config) -> Divergence`` with ``num_heads: int`` (and optionally
     ``decodes_both = True`` when its losses use both ``batch.log_px`` and ``batch.x_p``: the
-    batch then decodes z_q and z_p in one decoder call),
+    batch then decodes z_q and z_p in one decoder call, unless the decoder has BatchNorm),
     ``discriminator_loss(discriminator, batch) -> (loss, diagnostics)`` and
     ``generator_loss(discriminator, batch) -> (loss, diagnostics)``; ``batch`` is an
     ``asvae_kit.joint_batch.JointBatch``.  Head statistics go through

@@ -142,13 +142,22 @@ class _Rows:
         return self.likelihood.mean[self.rows]
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        # the other rows are scored against their own (detached) means and dropped: log_prob is per row
-        full = self.likelihood.mean.detach().clone()
-        full[self.rows] = x
+        # log_prob is per row, so the other rows are scored against copies of x's (detached) rows and
+        # dropped: values the likelihood accepts (a Bernoulli's 0/1 pixels), in x's own dtype
+        total = self.likelihood.mean.shape[0]
+        start, stop, _ = self.rows.indices(total)
+        pad = x.detach()
+        full = torch.cat([_tile_rows(pad, start), x, _tile_rows(pad, total - stop)])
         return self.likelihood.log_prob(full)[self.rows]
 
     def rsample(self) -> torch.Tensor:
         return self.likelihood.rsample()[self.rows]
+
+
+def _tile_rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` rows cut from ``x`` repeated along its first axis (``n`` may be 0)."""
+    reps = -(-n // max(x.shape[0], 1))
+    return x.repeat(reps, *([1] * (x.dim() - 1)))[:n]
 
 
 def check_head_count(discriminator: nn.Module | None, num_heads: int, divergence: str) -> None:

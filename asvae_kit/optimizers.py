@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["make_optimizers", "set_learning_rates", "lr_factor", "is_scheduled", "clip_gradients"]
+__all__ = ["make_optimizers", "load_optimizer_state", "set_learning_rates", "lr_factor", "is_scheduled", "clip_gradients"]
 
 
 def make_optimizers(optim: dict[str, Any], encoder: nn.Module, decoder: nn.Module, discriminator: nn.Module | None) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
@@ -34,6 +34,20 @@ def _adam(params: list[torch.nn.Parameter], **options: Any) -> torch.optim.Adam:
         return torch.optim.Adam(params, fused=True, **options)
     except (RuntimeError, ValueError):
         return torch.optim.Adam(params, **options)
+
+
+#: Adam options that choose an implementation, not a state: this run's choice outlives a checkpoint's.
+IMPLEMENTATION_OPTIONS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping this optimizer's implementation (``fused``,
+    ``foreach``, ``capturable``): a checkpoint written by another build or mode still resumes on
+    the implementation this run chose."""
+    chosen = [{key: group[key] for key in IMPLEMENTATION_OPTIONS if key in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, options in zip(optimizer.param_groups, chosen):
+        group.update(options)
 
 
 def set_learning_rates(optim: dict[str, Any], gen: torch.optim.Optimizer, disc: torch.optim.Optimizer | None, factor: float = 1.0) -> None:

@@ -29,6 +29,7 @@ from .images import interleave_rows
 from .loggers import Loggers
 from .inference import Inference
 from .losslog import LossLog
+from .optimizers import load_optimizer_state
 from .progress import Progress, progress_mode
 from .rng import capture_rng, restore_rng
 from .rundir import CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, RunDirectory
@@ -285,9 +286,9 @@ class Trainer(Inference):
         """Restore what ``state_dict`` saved (a checkpoint's ``trainer_state.pt``)."""
         self.step = int(state["step"])
         self.run_id = state.get("run_id") or self.run_id
-        self.gen_optimizer.load_state_dict(state["gen_optimizer"])
+        load_optimizer_state(self.gen_optimizer, state["gen_optimizer"])
         if self.disc_optimizer is not None and state.get("disc_optimizer") is not None:
-            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
+            load_optimizer_state(self.disc_optimizer, state["disc_optimizer"])
         restore_rng(state.get("rng", {}), self.data_generator)
         self.algorithm.load_scaler_state(state.get("scalers") or {})
         self._stream, self._stream_state = None, state.get("data_stream")

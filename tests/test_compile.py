@@ -41,3 +41,16 @@ def test_the_config_key_compiles_and_is_checked():
     assert list(trainer.state_tensors())[0].startswith("encoder.")  # no "_orig_mod." in the weights' names
     with pytest.raises(asvae_kit.ConfigError, match="config 'compile' must be true or false"):
         asvae_kit.build("mlp-vae", compile="yes")
+
+
+def test_a_copy_of_a_compiled_discriminator_calls_its_own_features():
+    import copy
+
+    trainer = asvae_kit.build("mlp-asvae", compile=True, **SMALL)
+    twin = copy.deepcopy(trainer.discriminator)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.zero_()
+    x, z = torch.rand(2, 1, 8, 8), torch.randn(2, 4)
+    assert torch.all(twin.features(x, z) == 0)  # the copy's zero weights, not the original's
+    assert twin.features.__self__ is twin

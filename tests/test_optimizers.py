@@ -83,3 +83,17 @@ def test_lr_factor_is_finite_for_a_zero_step_run():
 def test_adam_is_fused_where_the_device_has_it():
     trainer = asvae_kit.build("mlp-asvae", **SMALL)
     assert trainer.gen_optimizer.defaults["fused"] and trainer.disc_optimizer.defaults["fused"]  # torch >= 2.4 fuses on CPU
+
+
+def test_resuming_keeps_this_runs_adam_implementation(tmp_path):
+    trainer = asvae_kit.build("mlp-asvae", steps=2, **SMALL)
+    trainer.fit(run_dir=tmp_path / "run", progress=False)
+    state = {**trainer.state_dict(), "step": trainer.step}
+    for key in ("gen_optimizer", "disc_optimizer"):  # as an older, unfused build wrote it
+        for group in state[key]["param_groups"]:
+            group.update(fused=None, foreach=None)
+    resumed = asvae_kit.build("mlp-asvae", steps=2, **SMALL)
+    resumed.load_state_dict(state)
+    for optimizer in (resumed.gen_optimizer, resumed.disc_optimizer):
+        assert all(group["fused"] for group in optimizer.param_groups)
+    assert resumed.gen_optimizer.state_dict()["state"][0]["step"] == state["gen_optimizer"]["state"][0]["step"]

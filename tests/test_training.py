@@ -281,3 +281,39 @@ def test_asvae_decodes_z_q_and_z_p_in_one_call_with_the_same_values(likelihood, 
     torch.testing.assert_close(values_together[0], values_apart[0], rtol=1e-5, atol=1e-4)
     if not sample_x:  # a sample draws its noise for all 32 rows at once, so only the means compare
         torch.testing.assert_close(values_together[1], values_apart[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_decoder_with_batch_statistics_decodes_z_q_and_z_p_apart():
+    from asvae_kit.algorithm import AlgorithmStep, uses_batch_statistics
+
+    trainer = asvae_kit.build("mlp-asvae", **SMALL)
+    assert trainer.algorithm.decode_together and not uses_batch_statistics(trainer.decoder)
+    trainer.decoder.net.append(torch.nn.BatchNorm1d(64))  # rows of one call now see each other
+    parts = ("encoder", "decoder", "discriminator", "divergence", "gen_optimizer", "disc_optimizer", "config", "dist", "guard")
+    step = AlgorithmStep(**{name: getattr(trainer.algorithm, name) for name in parts})
+    assert uses_batch_statistics(trainer.decoder) and not step.decode_together
+    assert not step.make_batch(torch.rand(4, 1, 8, 8)).decode_together
+
+
+def test_split_rows_score_x_itself_for_a_validating_torch_distribution():
+    from torch.distributions import Bernoulli, Independent
+
+    from asvae_kit.joint_batch import _Rows
+
+    logits = torch.randn(6, 1, 2, 2)
+    x = torch.randint(0, 2, (3, 1, 2, 2)).float()
+    lik = Independent(Bernoulli(logits=logits, validate_args=True), 3)  # refuses values outside {0, 1}
+    for start, stop, rows in ((0, 3, slice(0, 3)), (3, None, slice(3, 6))):
+        expected = Independent(Bernoulli(logits=logits[rows]), 3).log_prob(x)
+        torch.testing.assert_close(_Rows(lik, start, stop).log_prob(x), expected)
+
+
+def test_split_rows_score_full_precision_x_under_a_half_precision_mean():
+    from asvae_kit.distributions import GaussianLikelihood
+    from asvae_kit.joint_batch import _Rows
+
+    mean = torch.rand(4, 1, 2, 2).to(torch.bfloat16)
+    log_scale = torch.zeros(1, 1, 1, 1)
+    x = torch.rand(2, 1, 2, 2) + 1e-3  # not representable in bfloat16
+    got = _Rows(GaussianLikelihood(mean, log_scale), 0, 2).log_prob(x)
+    torch.testing.assert_close(got, GaussianLikelihood(mean[:2], log_scale).log_prob(x))
