@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import types
+import warnings
 from pathlib import Path
 from typing import Any, ContextManager, Iterable
 
@@ -22,7 +23,8 @@ from .distributed import DistContext, average_gradients
 from .ema import EMA
 from .guard import DivergenceGuard
 from .joint_batch import JointBatch, check_head_count
-from .optimizers import clip_gradients, is_scheduled, lr_factor, set_learning_rates
+from .optimizers import clip_gradients, is_scheduled, load_optimizer_state, lr_factor, set_learning_rates
+from .step_graph import GraphCaptureWarning, StepGraph, capture_blocker
 
 __all__ = ["AlgorithmStep", "PRECISIONS", "uses_batch_statistics"]
 
@@ -63,7 +65,10 @@ class AlgorithmStep:
         self.discriminator = discriminator if self.num_heads > 0 else None
         self.gen_optimizer, self.disc_optimizer = gen_optimizer, disc_optimizer if self.discriminator is not None else None
         self.config, self.dist, self.guard, self.ema = config, dist, guard, ema
-        self._where: tuple[int, tuple[Path, int] | None] = (0, None)
+        #: (step number, (run directory, step) of the last checkpoint or None): for the guard's message
+        self.where: tuple[int, tuple[Path, int] | None] = (0, None)
+        #: while a CUDA graph records the step, the losses to check after its replay (see ``check_loss``)
+        self.deferred_checks: list[tuple[str, torch.Tensor, dict[str, torch.Tensor]]] | None = None
         self.device_type = (device or torch.device("cpu")).type
         self.amp_dtype = PRECISIONS[str(config.get("precision", "32"))]
         fp16 = self.amp_dtype is torch.float16
@@ -72,6 +77,13 @@ class AlgorithmStep:
         self.decode_together = bool(getattr(divergence, "decodes_both", False)) and not uses_batch_statistics(decoder)
         if config.get("compile"):
             self.compile_networks()
+        self.graph: StepGraph | None = None
+        if config.get("cuda_graphs"):
+            blocker = capture_blocker(config, device or torch.device("cpu"), dist)
+            if blocker is None:
+                self.graph = StepGraph(self)
+            else:
+                warnings.warn(f"cuda_graphs=true, but {blocker}: every step runs eagerly", GraphCaptureWarning, stacklevel=3)
 
     def compile_networks(self, fullgraph: bool = False) -> None:
         """``torch.compile`` every network call of a step (config ``compile``): the encoder's and
@@ -93,16 +105,28 @@ class AlgorithmStep:
         compute in float32); a no-op at precision "32"."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.amp_dtype)
+        # a graph replays the casts it recorded; autocast's cache of cast weights would go stale
+        return torch.autocast(self.device_type, dtype=self.amp_dtype, cache_enabled=self.graph is None)
 
-    def scaler_state(self) -> dict[str, Any]:
-        """The loss scalers' state (empty unless precision is "16-mixed"), for checkpoints."""
-        return {name: scaler.state_dict() for name, scaler in self.scalers.items()}
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizers' and loss scalers' state (scalers: empty unless precision is "16-mixed")."""
+        return {
+            "gen_optimizer": self.gen_optimizer.state_dict(),
+            "disc_optimizer": self.disc_optimizer.state_dict() if self.disc_optimizer is not None else None,
+            "scalers": {name: scaler.state_dict() for name, scaler in self.scalers.items()},
+        }
 
-    def load_scaler_state(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` saved; a captured graph is dropped (the optimizers' state
+        tensors are new) and captured again."""
+        load_optimizer_state(self.gen_optimizer, state["gen_optimizer"])
+        if self.disc_optimizer is not None and state.get("disc_optimizer") is not None:
+            load_optimizer_state(self.disc_optimizer, state["disc_optimizer"])
         for name, scaler in self.scalers.items():
-            if name in state:
-                scaler.load_state_dict(state[name])
+            if name in (state.get("scalers") or {}):
+                scaler.load_state_dict(state["scalers"][name])
+        if self.graph is not None:
+            self.graph.reset()
 
     def _update(self, which: str, optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: Iterable[torch.Tensor], clip: float | None) -> None:
         """Backward, gradient averaging, (unscaling,) clipping and the optimizer step."""
@@ -120,8 +144,12 @@ class AlgorithmStep:
             optimizer.step()
 
     def check_loss(self, term: str, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
-        """Raise ``TrainingDivergedError`` when ``loss`` (``"d_loss"`` or ``"g_loss"``) is divergent."""
-        self.guard.check_loss(term, loss, terms, *self._where)
+        """Raise ``TrainingDivergedError`` when ``loss`` (``"d_loss"`` or ``"g_loss"``) is divergent;
+        while a graph records the step, note it for after the replay instead."""
+        if self.deferred_checks is not None:
+            self.deferred_checks.append((term, loss, dict(terms)))
+            return
+        self.guard.check_loss(term, loss, terms, *self.where)
 
     def make_batch(self, x: torch.Tensor) -> JointBatch:
         """The step's joint samples for the data batch ``x`` (prior codes drawn here)."""
@@ -166,13 +194,19 @@ class AlgorithmStep:
 
         ``number`` (the step's number) and ``saved`` (the run directory and step of the last
         checkpoint) only go into the message of a divergence."""
-        self._where = (number, saved)
+        self.where = (number, saved)
         optim = self.config["optim"]
         if is_scheduled(optim):
             set_learning_rates(optim, self.gen_optimizer, self.disc_optimizer, lr_factor(optim, number - 1, self.config["steps"]))
         for module in (self.encoder, self.decoder, self.discriminator):
             if module is not None:
                 module.train()
+        if self.graph is not None:
+            return self.graph.step(x)
+        return self.updates(x)
+
+    def updates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The step's updates on ``x`` (what ``step`` runs, or replays from a CUDA graph)."""
         batch = self.make_batch(x)
         terms = self.discriminator_step(batch)
         terms.update(self.generator_step(batch))

@@ -27,6 +27,7 @@ from .optimizers import make_optimizers, set_learning_rates
 from .plugin_manager import get_registry
 from .rundir import CONFIG_FILE
 from .splits import ConfiguredData
+from .step_graph import capture_blocker
 from .trainer import Trainer
 
 __all__ = ["build", "build_from_config", "build_entry", "load", "LOAD_OVERRIDES", "DEFAULT_PRESET"]
@@ -72,7 +73,8 @@ def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer
     device = resolve_device(config["device"], dist)
     networks = [m.to(device) for m in (encoder, decoder, discriminator) if m is not None]
     broadcast_parameters(networks, dist)
-    gen_optimizer, disc_optimizer = make_optimizers(config["optim"], encoder, decoder, discriminator)
+    capturable = bool(config["cuda_graphs"]) and capture_blocker(config, device, dist) is None
+    gen_optimizer, disc_optimizer = make_optimizers(config["optim"], encoder, decoder, discriminator, capturable=capturable)
     data = None
     if config["data"].get("name") is not None:
         entry = config["data"]
@@ -102,7 +104,7 @@ def build(preset: str | Mapping[str, Any] = DEFAULT_PRESET, /, **overrides: Any)
 #: Keys ``load`` lets a caller change: where and how long to go on, never what the model is.
 LOAD_OVERRIDES = (
     "steps", "log_every", "sample_every", "checkpoint_every", "device", "metrics", "eval_size", "diverge_factor", "keep_checkpoints",
-    "loggers", "threads", "optim.lr", "optim.disc_lr",
+    "loggers", "threads", "optim.lr", "optim.disc_lr", "compile", "cuda_graphs",
 )
 
 

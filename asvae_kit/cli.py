@@ -116,6 +116,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("32", "bf16", "16-mixed"), help="32 (default), bf16 autocast, or 16-mixed (float16 autocast with loss scaling)")
     p.add_argument("--threads", type=_positive, help="CPU threads for torch (config threads); one per core is the default")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the losses and the networks they call (config compile)")
+    p.add_argument("--cuda-graphs", action="store_const", const=True, help="replay each training step from one CUDA graph (config cuda_graphs; GPU only)")
     p.add_argument("--logger", help="comma-separated loggers: csv (default), tensorboard, wandb (offline); see `asvae-kit list logger`")
     p.add_argument("--set", dest="sets", type=_set_pair, action="append", default=[], metavar="KEY=VALUE", help="any config key, dotted for nested ones (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps (--lr may change the learning rate)")
@@ -196,6 +197,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         ("threads", "threads"),
         ("precision", "precision"),
         ("compile", "compile"),
+        ("cuda_graphs", "cuda_graphs"),
     ):
         value = getattr(args, flag)
         if value is not None:

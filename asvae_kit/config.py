@@ -71,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "threads": None,
     "precision": "32",
     "compile": False,
+    "cuda_graphs": False,
 }
 #: ``precision`` values: float32, bfloat16 autocast, float16 autocast with loss scaling.
 PRECISION_NAMES = ("32", "bf16", "16-mixed")
@@ -189,6 +190,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if config["threads"] is not None:
         check_int(config["threads"], "config 'threads'", hint=" (or null for torch's default)")
     check_bool(config["compile"], "config 'compile'")
+    check_bool(config["cuda_graphs"], "config 'cuda_graphs'")
     config["precision"] = str(config["precision"])  # 32 and "32" alike
     if config["precision"] not in PRECISION_NAMES:
         raise ConfigError(

@@ -88,7 +88,8 @@ class ImplicitPosterior:
             raise ValueError(f"ImplicitPosterior: z {tuple(z.shape)} and mean {tuple(mean.shape)} differ in shape")
         self.z = z
         self.mean = mean
-        self.log_scale = torch.as_tensor(log_scale, dtype=mean.dtype, device=mean.device)
+        # a float becomes a tensor by a fill on the device, not a host copy (which a CUDA graph cannot record)
+        self.log_scale = log_scale.to(mean.dtype) if torch.is_tensor(log_scale) else mean.new_full((), float(log_scale))
 
     def rsample(self) -> torch.Tensor:
         """The sample the network drew (reparameterised: a function of its input noise)."""

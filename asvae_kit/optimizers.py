@@ -17,19 +17,28 @@ from torch import nn
 __all__ = ["make_optimizers", "load_optimizer_state", "set_learning_rates", "lr_factor", "is_scheduled", "clip_gradients"]
 
 
-def make_optimizers(optim: dict[str, Any], encoder: nn.Module, decoder: nn.Module, discriminator: nn.Module | None) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
-    """``(encoder/decoder optimizer, discriminator optimizer or None)`` for the resolved ``optim`` config."""
+def make_optimizers(
+    optim: dict[str, Any], encoder: nn.Module, decoder: nn.Module, discriminator: nn.Module | None, *, capturable: bool = False
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+    """``(encoder/decoder optimizer, discriminator optimizer or None)`` for the resolved ``optim``
+    config.  ``capturable``: the optimizers' steps will be recorded in a CUDA graph (``cuda_graphs``)."""
     betas = tuple(optim["betas"])
-    gen = _adam([*encoder.parameters(), *decoder.parameters()], lr=optim["lr"], betas=betas, weight_decay=optim["weight_decay"])
+    gen = _adam([*encoder.parameters(), *decoder.parameters()], optim["lr"], capturable, betas=betas, weight_decay=optim["weight_decay"])
     disc = None
     if discriminator is not None:
-        disc = _adam(list(discriminator.parameters()), lr=optim["disc_lr"] or optim["lr"], betas=betas, weight_decay=optim["weight_decay"])
+        disc = _adam(list(discriminator.parameters()), optim["disc_lr"] or optim["lr"], capturable, betas=betas, weight_decay=optim["weight_decay"])
     return gen, disc
 
 
-def _adam(params: list[torch.nn.Parameter], **options: Any) -> torch.optim.Adam:
+def _adam(params: list[torch.nn.Parameter], lr: float, capturable: bool, **options: Any) -> torch.optim.Adam:
     """Adam with the fused implementation (one kernel per update) where this torch has it for the
-    parameters' device, the default (for-each) one elsewhere."""
+    parameters' device, the default (for-each) one elsewhere.  A capturable one keeps its step
+    counts and its learning rate in device tensors, so a replayed graph reads the current rate
+    (``set_learning_rates`` writes into it)."""
+    if capturable:
+        options.update(capturable=True, lr=torch.tensor(float(lr), device=params[0].device))
+    else:
+        options["lr"] = lr
     try:
         return torch.optim.Adam(params, fused=True, **options)
     except (RuntimeError, ValueError):
@@ -42,20 +51,30 @@ IMPLEMENTATION_OPTIONS = ("fused", "foreach", "capturable", "differentiable")
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """``optimizer.load_state_dict(state)``, keeping this optimizer's implementation (``fused``,
-    ``foreach``, ``capturable``): a checkpoint written by another build or mode still resumes on
-    the implementation this run chose."""
-    chosen = [{key: group[key] for key in IMPLEMENTATION_OPTIONS if key in group} for group in optimizer.param_groups]
+    ``foreach``, ``capturable``) and the kind of its learning rate (float or tensor), with the saved
+    rate: a checkpoint written by another build or mode resumes on what this run chose."""
+    chosen = [{key: group[key] for key in (*IMPLEMENTATION_OPTIONS, "lr") if key in group} for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
     for group, options in zip(optimizer.param_groups, chosen):
+        saved_lr = float(group["lr"])  # a float, or a tensor where the saving run captured graphs
         group.update(options)
+        _set_lr(group, saved_lr)
 
 
 def set_learning_rates(optim: dict[str, Any], gen: torch.optim.Optimizer, disc: torch.optim.Optimizer | None, factor: float = 1.0) -> None:
     """Give both optimizers the learning rates of ``optim`` times ``factor`` (the schedule's)."""
     for group in gen.param_groups:
-        group["lr"] = optim["lr"] * factor
+        _set_lr(group, optim["lr"] * factor)
     for group in disc.param_groups if disc is not None else ():
-        group["lr"] = (optim["disc_lr"] or optim["lr"]) * factor
+        _set_lr(group, (optim["disc_lr"] or optim["lr"]) * factor)
+
+
+def _set_lr(group: dict[str, Any], value: float) -> None:
+    """A group's learning rate: written into its tensor where it has one (a graph reads that tensor)."""
+    if isinstance(group["lr"], torch.Tensor):
+        group["lr"].fill_(value)
+    else:
+        group["lr"] = value
 
 
 def lr_factor(optim: dict[str, Any], step: int, total: int) -> float:

@@ -29,7 +29,6 @@ from .images import interleave_rows
 from .loggers import Loggers
 from .inference import Inference
 from .losslog import LossLog
-from .optimizers import load_optimizer_state
 from .progress import Progress, progress_mode
 from .rng import capture_rng, restore_rng
 from .rundir import CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, RunDirectory
@@ -244,11 +243,9 @@ class Trainer(Inference):
     def state_dict(self) -> dict[str, Any]:
         """Everything but the weights that resuming needs: optimizers, RNG and data-stream state, history."""
         return {
-            "gen_optimizer": self.gen_optimizer.state_dict(),
-            "disc_optimizer": self.disc_optimizer.state_dict() if self.disc_optimizer is not None else None,
+            **self.algorithm.state_dict(),  # the optimizers and loss scalers
             "rng": capture_rng(self.data_generator),
             "data_stream": self._stream.state_dict() if self._stream is not None else self._stream_state,
-            "scalers": self.algorithm.scaler_state(),
             "history": self.history,
         }
 
@@ -286,11 +283,8 @@ class Trainer(Inference):
         """Restore what ``state_dict`` saved (a checkpoint's ``trainer_state.pt``)."""
         self.step = int(state["step"])
         self.run_id = state.get("run_id") or self.run_id
-        load_optimizer_state(self.gen_optimizer, state["gen_optimizer"])
-        if self.disc_optimizer is not None and state.get("disc_optimizer") is not None:
-            load_optimizer_state(self.disc_optimizer, state["disc_optimizer"])
+        self.algorithm.load_state_dict(state)
         restore_rng(state.get("rng", {}), self.data_generator)
-        self.algorithm.load_scaler_state(state.get("scalers") or {})
         self._stream, self._stream_state = None, state.get("data_stream")
         seed_replica_noise(self.dist, self.config["seed"], self.step)  # the checkpoint holds rank 0's noise state
         self.log.history = list(state.get("history", []))

@@ -80,9 +80,10 @@ def fused_disc_head_reference_backward(
     with _exact_dtypes(h.device):
         hc, wc = h.to(cdt), weight.to(cdt)
         logits = torch.addmm(bias.to(cdt), hc, wc.t())  # recomputed, [N, K]
-        sizes = torch.tensor(list(segment_sizes), device=h.device)
-        coef = grad_out.to(cdt) / sizes.to(cdt)[:, None, None]  # [S, K, 3]
-        coef = coef.repeat_interleave(sizes, dim=0, output_size=h.shape[0])  # [N, K, 3]
+        # [N, K, 3]: each row gets its segment's grad_out / size (device ops only: no host copy,
+        # so a CUDA graph can record it)
+        g = grad_out.to(cdt)
+        coef = torch.cat([g[s].div(n).expand(n, *g.shape[1:]) for s, n in enumerate(segment_sizes)])
         dl = coef[..., 0] + coef[..., 1] * torch.sigmoid(logits) - coef[..., 2] * torch.sigmoid(-logits)
         grad_h = (dl @ wc).to(h.dtype) if need_grad_h else None
         grad_w = grad_b = None

@@ -1,0 +1,170 @@
+"""``cuda_graphs`` (``asvae_kit.step_graph``): the step recorded once and replayed.
+
+CPU cannot record CUDA graphs, so most tests drive ``StepGraph`` with ``RecordedSteps``, a
+stand-in whose "replay" runs the recorded Python body again with the guard's checks deferred, as
+a real replay runs no Python.  That checks everything but the recording itself: the warm-up
+count, the static input buffer, the losses checked after the replay, the terms brought back, the
+fallbacks and their messages.  The tests marked ``cuda`` run the real thing where a GPU exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+
+import pytest
+import torch
+
+import asvae_kit
+from asvae_kit.distributed import DistContext
+from asvae_kit.optimizers import load_optimizer_state, set_learning_rates
+from asvae_kit.step_graph import GraphCaptureWarning, StepGraph, capture_blocker
+
+SMALL = {"encoder.hidden": [16], "decoder.hidden": [16], "discriminator.hidden": [16], "latent_dim": 4, "batch_size": 8,
+         "data": "digits", "log_every": 1, "sample_every": 0, "checkpoint_every": 0}
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+class RecordedSteps:
+    """Stand-in for ``CudaGraphs``: capture runs the body once (this step's work, which a real
+    capture leaves to the first replay, so that replay is skipped); each later replay runs the
+    body again, its loss checks deferred, into the static output."""
+
+    def __init__(self, algorithm, fail: Exception | None = None) -> None:
+        self.algorithm, self.fail = algorithm, fail
+        self.warmups = self.captures = 0
+
+    def warmup(self):
+        self.warmups += 1
+        return contextlib.nullcontext()
+
+    def capture(self, body):
+        self.captures += 1
+        if self.fail is not None:
+            raise self.fail
+        out = body()
+        first = [True]
+
+        def replay() -> None:
+            if first.pop() if first else False:
+                return
+            self.algorithm.deferred_checks = []
+            try:
+                out.copy_(body())
+            finally:
+                self.algorithm.deferred_checks = None
+
+        return replay, out
+
+
+def graphed(warmup: int = 2, fail: Exception | None = None, **overrides):
+    trainer = asvae_kit.build("mlp-asvae", device="cpu", **{**SMALL, **overrides})
+    backend = RecordedSteps(trainer.algorithm, fail)
+    trainer.algorithm.graph = StepGraph(trainer.algorithm, warmup=warmup, backend=backend)
+    return trainer, backend
+
+
+def test_replayed_steps_train_exactly_as_eager_steps_do():
+    eager = asvae_kit.build("mlp-asvae", device="cpu", steps=7, **SMALL).fit(progress=False)
+    trainer, backend = graphed(steps=7)
+    trainer.fit(progress=False)
+    graph = trainer.algorithm.graph
+    assert (backend.warmups, backend.captures, graph.replays) == (2, 1, 5)
+    assert [row["g_loss"] for row in trainer.history] == [row["g_loss"] for row in eager.history]
+    assert [row["d_loss"] for row in trainer.history] == [row["d_loss"] for row in eager.history]
+    for (name, a), b in zip(eager.state_tensors().items(), trainer.state_tensors().values()):
+        assert torch.equal(a, b), name  # each replay trained on that step's batch, not the captured one
+
+
+def test_a_divergent_loss_is_caught_right_after_the_replay():
+    trainer, _ = graphed()
+    x = torch.rand(8, 1, 8, 8)
+    for _ in range(3):
+        trainer.train_step(x)  # two warm-ups, then the capture
+    assert trainer.algorithm.graph.captured
+    with pytest.raises(asvae_kit.TrainingDivergedError, match=r"discriminator loss \(d_loss\) became nan at step 4"):
+        trainer.train_step(torch.full_like(x, float("nan")))
+
+
+def test_a_batch_of_another_shape_trains_eagerly_with_one_warning():
+    trainer, _ = graphed(warmup=0)
+    trainer.train_step(torch.rand(8, 1, 8, 8))
+    with pytest.warns(GraphCaptureWarning, match=r"shape \(5, 1, 8, 8\) does not fit the graph captured for \(8, 1, 8, 8\)"):
+        terms = trainer.train_step(torch.rand(5, 1, 8, 8))
+    assert math.isfinite(float(terms["g_loss"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GraphCaptureWarning)
+        trainer.train_step(torch.rand(3, 1, 8, 8))
+        trainer.train_step(torch.rand(8, 1, 8, 8))
+    assert trainer.algorithm.graph.replays == 2 and trainer.step == 4
+
+
+def test_a_step_that_cannot_be_captured_runs_eagerly_from_then_on():
+    error = RuntimeError("CUDA error: operation not permitted when stream is capturing")
+    trainer, backend = graphed(warmup=1, fail=error)
+    before = [p.detach().clone() for p in trainer.encoder.parameters()]
+    trainer.train_step(torch.rand(8, 1, 8, 8))
+    with pytest.warns(GraphCaptureWarning, match="capturing the training step failed.*operation not permitted when stream is capturing"):
+        trainer.train_step(torch.rand(8, 1, 8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GraphCaptureWarning)
+        trainer.train_step(torch.rand(8, 1, 8, 8))
+    assert backend.captures == 1 and trainer.algorithm.graph.disabled and trainer.step == 3
+    assert not any(torch.equal(a, b) for a, b in zip(before, trainer.encoder.parameters()))
+
+
+def test_resuming_drops_the_graph_and_captures_again():
+    trainer, backend = graphed(warmup=0)
+    trainer.train_step(torch.rand(8, 1, 8, 8))
+    state = {**trainer.state_dict(), "step": trainer.step}
+    trainer.load_state_dict(state)
+    assert not trainer.algorithm.graph.captured
+    trainer.train_step(torch.rand(8, 1, 8, 8))
+    assert backend.captures == 2
+
+
+def test_where_capture_cannot_work_the_config_says_why_and_trains_eagerly():
+    with pytest.warns(GraphCaptureWarning, match="cuda_graphs=true, but device is 'cpu', and CUDA graphs need a CUDA device"):
+        trainer = asvae_kit.build("mlp-asvae", device="cpu", cuda_graphs=True, steps=2, **SMALL)
+    assert trainer.algorithm.graph is None and not trainer.gen_optimizer.param_groups[0]["capturable"]
+    trainer.fit(progress=False)
+    gpu, one = torch.device("cuda"), DistContext()
+    assert "GradScaler" in capture_blocker({"precision": "16-mixed"}, gpu, one)
+    assert "2 processes" in capture_blocker({}, gpu, DistContext(world_size=2, rank=0))
+    assert capture_blocker({"precision": "bf16"}, gpu, one) is None
+    with pytest.raises(asvae_kit.ConfigError, match="config 'cuda_graphs' must be true or false"):
+        asvae_kit.build("mlp-vae", cuda_graphs="yes")
+
+
+def test_a_tensor_learning_rate_is_written_in_place_and_survives_a_float_checkpoint():
+    param = torch.nn.Parameter(torch.zeros(3))
+    lr = torch.tensor(0.5)
+    graphed_opt = torch.optim.Adam([param], lr=lr)
+    set_learning_rates({"lr": 0.25, "disc_lr": None}, graphed_opt, None, factor=0.5)
+    assert graphed_opt.param_groups[0]["lr"] is lr and lr.item() == 0.125  # the tensor a graph reads
+    plain = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3))], lr=0.01)
+    load_optimizer_state(graphed_opt, plain.state_dict())
+    assert graphed_opt.param_groups[0]["lr"] is lr and lr.item() == pytest.approx(0.01)
+    load_optimizer_state(plain, torch.optim.Adam([param], lr=torch.tensor(0.3)).state_dict())
+    assert plain.param_groups[0]["lr"] == pytest.approx(0.3) and isinstance(plain.param_groups[0]["lr"], float)
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["32", "bf16"])
+def test_on_a_gpu_the_step_is_captured_and_trains_like_eager(precision):
+    overrides = {**SMALL, "device": "cuda", "steps": 60, "precision": precision, "optim.schedule": "cosine"}
+    eager = asvae_kit.build("mlp-asvae", **overrides).fit(progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GraphCaptureWarning)
+        trainer = asvae_kit.build("mlp-asvae", cuda_graphs=True, **overrides).fit(progress=False)
+    graph = trainer.algorithm.graph
+    assert graph.captured and graph.replays == 60 - graph.warmup_steps
+    group = trainer.gen_optimizer.param_groups[0]
+    assert group["capturable"] and group["fused"] and isinstance(group["lr"], torch.Tensor)
+    assert float(group["lr"]) == pytest.approx(float(eager.gen_optimizer.param_groups[0]["lr"]), abs=1e-9)  # the schedule reached the graph
+    late = slice(40, 60)
+    for key in ("g_loss", "d_loss"):
+        ours = sum(row[key] for row in trainer.history[late]) / 20
+        theirs = sum(row[key] for row in eager.history[late]) / 20
+        assert math.isfinite(ours) and ours == pytest.approx(theirs, rel=0.15), key
