@@ -162,13 +162,15 @@ class StepGraph:
         return torch.stack([t.detach().float().reshape(()) for t in flat])
 
     def _results(self) -> dict[str, torch.Tensor]:
-        """The replayed step's terms (on the host), after the guard checked its losses."""
+        """The replayed step's terms, after the guard checked its losses: copies on the device, as
+        an eager step returns them (the next replay overwrites the static output)."""
         assert self._static_out is not None
-        host = self._static_out.cpu()  # waits for the replay
+        values = self._static_out.clone()
+        host = values.cpu()  # waits for the replay
         checks, names = self._layout
         at = 0
         for term, keys in checks:
             loss, snapshot = host[at], dict(zip(keys, host[at + 1 : at + 1 + len(keys)]))
             at += 1 + len(keys)
             self.algorithm.guard.check_loss(term, loss, snapshot, *self.algorithm.where)
-        return dict(zip(names, host[at:]))
+        return dict(zip(names, values[at:]))

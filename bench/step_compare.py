@@ -4,7 +4,16 @@ timed side by side in one process (issue 12's yardstick).
 Both use the same networks (``mlp-asvae``: MLPs 784-512-512, latent 16, joint discriminator
 512-512), Adam, batch 64 on 28x28 images.  The hand-written step stacks the discriminator's three
 segments into one call and decodes z_q and z_p in one decoder call; the library's step is
-``Trainer.train_step``.  Prints one JSON line per measurement and a summary of ratios::
+``Trainer.train_step``.  Variants, interleaved in each repeat:
+
+* ``library`` / ``handwritten``: eager (the loop with torch's default Adam);
+* ``library-graphs`` / ``handwritten-graphs`` (CUDA only): the library with ``cuda_graphs=true``,
+  and the loop captured whole in a CUDA graph by hand (fused capturable Adam), each step a copy
+  into the static batch and one replay.  The library's replay also brings the step's losses to
+  the host for the divergence guard (one sync per step); the hand-written replay does not.
+
+Prints one JSON line with every repeat and a summary of steps/s and of ratios over the
+hand-written eager loop::
 
     python bench/step_compare.py [--device cuda] [--steps 200] [--batch 64] [--out results.json]
 """
@@ -66,6 +75,40 @@ def timed(fn, steps: int, sync) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def captured(step, warmup: int = 3):
+    """``step`` recorded in a CUDA graph after ``warmup`` eager runs on a side stream (PyTorch's
+    whole-network recipe); returns the graph's replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def handwritten(trainer, x, *, graphs: bool):
+    """The hand-written loop on copies of the trainer's networks: a step function."""
+    enc, dec, disc = (copy.deepcopy(m) for m in (trainer.encoder, trainer.decoder, trainer.discriminator))
+    optim, latent = trainer.config["optim"], trainer.latent_dim
+    extra = {"fused": True, "capturable": True} if graphs else {}
+    opt_g = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=optim["lr"], betas=tuple(optim["betas"]), **extra)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=optim["disc_lr"] or optim["lr"], betas=tuple(optim["betas"]), **extra)
+    if not graphs:
+        return lambda: handwritten_step(enc, dec, disc, opt_g, opt_d, x, latent)
+    static_x = x.clone()
+    replay = captured(lambda: handwritten_step(enc, dec, disc, opt_g, opt_d, static_x, latent))
+
+    def step():
+        static_x.copy_(x)
+        replay()
+
+    return step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -74,26 +117,31 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", default="32", choices=("32", "bf16", "16-mixed"), help="the library step's precision (the loop stays float32)")
     parser.add_argument("--compile", action="store_true", help="compile the library step's networks (the loop stays eager)")
+    parser.add_argument("--no-graphs", dest="graphs", action="store_false", help="skip the CUDA-graph variants (they need CUDA)")
     parser.add_argument("--out", help="write the results as JSON here too")
     args = parser.parse_args()
     device = torch.device(args.device)
+    graphs = args.graphs and device.type == "cuda"
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    trainer = asvae_kit.build("mlp-asvae", data=None, data_shape=[1, 28, 28], batch_size=args.batch, device=str(device), seed=0,
-                              precision=args.precision, compile=args.compile)
-    enc, dec, disc = (copy.deepcopy(m) for m in (trainer.encoder, trainer.decoder, trainer.discriminator))
-    optim = trainer.config["optim"]
-    opt_g = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=optim["lr"], betas=tuple(optim["betas"]))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=optim["disc_lr"] or optim["lr"], betas=tuple(optim["betas"]))
+    options = dict(data=None, data_shape=[1, 28, 28], batch_size=args.batch, device=str(device), seed=0, precision=args.precision, compile=args.compile)
     x = torch.rand(args.batch, 1, 28, 28, device=device)
-    latent = trainer.latent_dim
+    trainer = asvae_kit.build("mlp-asvae", **options)
+    steps = {"library": lambda: trainer.train_step(x), "handwritten": handwritten(trainer, x, graphs=False)}
+    if graphs:
+        graphed = asvae_kit.build("mlp-asvae", cuda_graphs=True, **options)
+        steps["library-graphs"] = lambda: graphed.train_step(x)
+        steps["handwritten-graphs"] = handwritten(trainer, x, graphs=True)
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
                "torch": torch.__version__, "batch": args.batch, "steps": args.steps, "precision": args.precision,
-               "compile": args.compile, "library": [], "handwritten": []}
-    for _ in range(args.repeats):  # interleaved, so drift hits both alike
-        results["library"].append(timed(lambda: trainer.train_step(x), args.steps, sync))
-        results["handwritten"].append(timed(lambda: handwritten_step(enc, dec, disc, opt_g, opt_d, x, latent), args.steps, sync))
-    lib, hand = max(results["library"]), max(results["handwritten"])
-    results["summary"] = {"library_steps_per_s": round(lib, 1), "handwritten_steps_per_s": round(hand, 1), "library_over_handwritten": round(lib / hand, 3)}
+               "compile": args.compile, **{name: [] for name in steps}}
+    for _ in range(args.repeats):  # interleaved, so drift hits all alike
+        for name, step in steps.items():
+            results[name].append(timed(step, args.steps, sync))
+    best = {name: max(results[name]) for name in steps}
+    results["summary"] = {f"{name}_steps_per_s": round(v, 1) for name, v in best.items()}
+    results["summary"].update({f"{name}_over_handwritten": round(v / best["handwritten"], 3) for name, v in best.items() if name != "handwritten"})
+    if graphs:
+        results["summary"]["library_graphs_replays"] = graphed.algorithm.graph.replays if graphed.algorithm.graph else 0
     print(json.dumps(results))
     if args.out:
         with open(args.out, "w") as f:
