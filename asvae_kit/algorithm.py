@@ -140,14 +140,24 @@ class AlgorithmStep:
         if scaler is not None:
             scaler.step(optimizer)  # skipped when this optimizer's gradients overflowed
             scaler.update()
+        elif self.recording:
+            with self.graph.gated(optimizer):  # type: ignore[union-attr]
+                optimizer.step()
         else:
             optimizer.step()
+
+    @property
+    def recording(self) -> bool:
+        """The step is being rehearsed or recorded for a CUDA graph (see ``step_graph``)."""
+        return self.deferred_checks is not None and self.graph is not None
 
     def check_loss(self, term: str, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
         """Raise ``TrainingDivergedError`` when ``loss`` (``"d_loss"`` or ``"g_loss"``) is divergent;
         while a graph records the step, note it for after the replay instead."""
         if self.deferred_checks is not None:
             self.deferred_checks.append((term, loss, dict(terms)))
+            if self.graph is not None:
+                self.graph.flag(term, loss)  # the graph's updates skip on the device
             return
         self.guard.check_loss(term, loss, terms, *self.where)
 
@@ -183,7 +193,7 @@ class AlgorithmStep:
             params = [p for group in self.gen_optimizer.param_groups for p in group["params"]]
             self._update("gen", self.gen_optimizer, g_loss, params, self.config["optim"]["clip_grad_norm"])
             if self.ema is not None:
-                self.ema.update()
+                self.ema.update(self.graph.ema_weight(self.ema.decay) if self.recording else None)  # type: ignore[union-attr]
         finally:
             if self.discriminator is not None:
                 self.discriminator.requires_grad_(True)

@@ -35,13 +35,15 @@ class EMA:
         return self._depth > 0
 
     @torch.no_grad()
-    def update(self) -> None:
-        """Move the average towards the current weights (integer buffers are copied)."""
+    def update(self, weight: torch.Tensor | None = None) -> None:
+        """Move the average towards the current weights (integer buffers are copied).  ``weight``:
+        the step's size as a device tensor (a CUDA graph's, which may be 0), else ``1 - decay``."""
+        step = 1.0 - self.decay if weight is None else weight
         for name, module in self.modules.items():
             average = self.average[name]
             for k, v in module.state_dict().items():
                 if v.is_floating_point():
-                    average[k].lerp_(v, 1.0 - self.decay)
+                    average[k].lerp_(v, step)
                 else:
                     average[k].copy_(v)
 

@@ -20,6 +20,7 @@ __all__ = [
     "CheckpointError",
     "RunDirectoryError",
     "TrainingDivergedError",
+    "GraphCaptureError",
 ]
 
 
@@ -99,3 +100,8 @@ class RunDirectoryError(AsvaeKitError, ValueError):
 class TrainingDivergedError(AsvaeKitError, FloatingPointError):
     """A loss became NaN or infinite, or grew past ``diverge_factor`` times its running median;
     nothing is saved after that step, so the last checkpoint on disk is the last good state."""
+
+
+class GraphCaptureError(AsvaeKitError, RuntimeError):
+    """Recording the training step in a CUDA graph failed (``cuda_graphs``) after its rehearsal
+    found nothing that could not be recorded; the process's CUDA state may not be usable."""

@@ -47,6 +47,12 @@ class DivergenceGuard:
             self._typical[name] = level if typical is None else min(typical, level)
         return None
 
+    def limit(self, name: str) -> float:
+        """The magnitude above which ``name``'s next value counts as divergent (inf while the
+        growth check is off or has no typical level yet); NaN and inf always count."""
+        typical = self._typical.get(name)
+        return self.factor * typical if self.factor and typical is not None else math.inf
+
     def check_loss(self, term: str, loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int, saved: tuple[Path, int] | None) -> None:
         """Raise ``TrainingDivergedError`` when ``loss`` (``term`` is ``d_loss`` or ``g_loss``) of
         step ``step`` is divergent; the message says what is safe on disk (``saved``: the run

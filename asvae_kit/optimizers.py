@@ -40,9 +40,12 @@ def _adam(params: list[torch.nn.Parameter], lr: float, capturable: bool, **optio
     else:
         options["lr"] = lr
     try:
-        return torch.optim.Adam(params, fused=True, **options)
+        adam = torch.optim.Adam(params, fused=True, **options)
     except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, **options)
+        adam = torch.optim.Adam(params, **options)
+    if capturable:  # its eager warm-up steps are expected: no "running without CUDA graph capture" warning
+        adam._warned_capturable_if_run_uncaptured = True  # type: ignore[attr-defined]
+    return adam
 
 
 #: Adam options that choose an implementation, not a state: this run's choice outlives a checkpoint's.
@@ -59,6 +62,11 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
         saved_lr = float(group["lr"])  # a float, or a tensor where the saving run captured graphs
         group.update(options)
         _set_lr(group, saved_lr)
+        if group.get("fused") or group.get("capturable"):  # these keep step counts on the device, in float32
+            for p in group["params"]:
+                state = optimizer.state.get(p, {})
+                if torch.is_tensor(state.get("step")):
+                    state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
 
 
 def set_learning_rates(optim: dict[str, Any], gen: torch.optim.Optimizer, disc: torch.optim.Optimizer | None, factor: float = 1.0) -> None:

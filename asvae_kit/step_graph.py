@@ -5,24 +5,37 @@ more host time than the GPU needs to run them.  ``StepGraph`` records the whole 
 discriminator update(s), encoder/decoder update, both fused Adam steps, the weight average) once,
 then replays it: one launch per step.  The batch is copied into a static input buffer first.
 
-How a run goes: the first ``warmup`` steps run eagerly on a side stream (Adam creates its state,
-libraries their workspaces), the next step is captured and replayed, and every later step with a
-batch of the same shape replays the graph.  The divergence guard cannot look at a loss inside a
-graph, so it checks the step's losses right after the replay, before anything is written.
+How a run goes:
+
+1. ``warmup`` steps run eagerly on a side stream (Adam creates its state, Triton compiles, cuBLAS
+   makes its workspaces);
+2. one *rehearsal* step runs the recorded body itself, eagerly, with CUDA's sync debugging on: a
+   component that reads a GPU value on the host or copies from host memory is found here, named,
+   and the run goes on eagerly with one ``GraphCaptureWarning`` (recording such a step would fail
+   and could leave the process's CUDA state unusable);
+3. the next step is recorded and replayed, and so is every later step with a batch of that shape.
+
+The divergence guard cannot stop a graph half-way, so the body does its test on the device: a
+loss that is NaN, infinite or above the guard's current limit sets a flag that makes the fused
+Adam steps skip (``found_inf``, as a loss scaler does) and holds the weight average still.  After
+the replay the host reads the losses and raises ``TrainingDivergedError`` as an eager step would,
+with the weights as they were before the step.
 
 Where capture cannot work the step runs eagerly and one ``GraphCaptureWarning`` says why: no CUDA
-device, ``16-mixed`` precision (its loss scaler reads overflow flags on the host), data parallelism,
-a component that synchronises with the host during capture (the error is quoted), or a batch
-whose shape differs from the captured one (that step only; e.g. a last, smaller batch).
+device, ``16-mixed`` precision (its loss scaler reads overflow flags on the host), data
+parallelism, a component that synchronises (found by the rehearsal), or a batch whose shape
+differs from the recorded one (that batch only; e.g. a last, smaller batch).
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, ContextManager
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator
 
 import torch
+
+from .errors import GraphCaptureError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .algorithm import AlgorithmStep
@@ -47,29 +60,55 @@ def capture_blocker(config: dict[str, Any], device: torch.device, dist: "DistCon
 
 
 class CudaGraphs:
-    """The CUDA side of ``StepGraph``: a side stream for warm-up, capture and replay."""
+    """The CUDA side of ``StepGraph``: a side stream for eager steps, the sync check, capture."""
 
     def warmup(self) -> ContextManager[Any]:
         """Run the enclosed work on a side stream that the current stream then waits for."""
         return _side_stream()
 
+    @contextlib.contextmanager
+    def sync_check(self) -> Iterator[list[str]]:
+        """Yield a list that, after the block, holds where (``file:line``) the block synchronised
+        with the host (``torch.cuda.set_sync_debug_mode``)."""
+        found: list[str] = []
+        previous = torch.cuda.get_sync_debug_mode()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                yield found
+            finally:
+                torch.cuda.set_sync_debug_mode(previous)
+        for w in caught:
+            if "synchronizing" in str(w.message):
+                found.append(f"{w.filename}:{w.lineno}")
+            else:  # not ours to swallow
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
     def capture(self, body: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
         """Record ``body`` (which runs nothing on the GPU while recorded) into a graph; return its
         replay and ``body``'s output, a static tensor that each replay refills."""
         graph = torch.cuda.CUDAGraph()
-        # thread_local: another thread's CUDA calls (a logger's, a data loader's) do not break the capture
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            out = body()
+        stream = torch.cuda.current_stream()
+        try:
+            # thread_local: another thread's CUDA calls (a logger's, a data loader's) do not break the capture
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                out = body()
+        except BaseException:
+            torch.cuda.set_stream(stream)  # a failed capture_end leaves the graph's stream current
+            raise
         return graph.replay, out
 
 
 @contextlib.contextmanager
-def _side_stream() -> Any:
+def _side_stream() -> Iterator[None]:
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        yield
-    torch.cuda.current_stream().wait_stream(stream)
+    try:
+        with torch.cuda.stream(stream):
+            yield
+    finally:
+        torch.cuda.current_stream().wait_stream(stream)
 
 
 class StepGraph:
@@ -78,16 +117,12 @@ class StepGraph:
     ``backend`` does the CUDA work (``CudaGraphs``); tests give a stand-in to check the rest on CPU.
     """
 
-    def __init__(self, algorithm: "AlgorithmStep", *, warmup: int = 3, backend: Any = None) -> None:
+    def __init__(self, algorithm: "AlgorithmStep", *, warmup: int = 2, backend: Any = None) -> None:
         self.algorithm, self.warmup_steps, self.backend = algorithm, warmup, backend or CudaGraphs()
-        self.warmed = 0
         self.replays = 0
-        self.disabled: str | None = None  # why capture was given up, once it was
-        self._replay: Callable[[], None] | None = None
-        self._static_x: torch.Tensor | None = None
-        self._static_out: torch.Tensor | None = None
-        self._layout: tuple[list[tuple[str, list[str]]], list[str]] = ([], [])
+        self.disabled: str | None = None  # why the run went back to eager steps, once it did
         self._told_shape = False
+        self.reset()
 
     @property
     def captured(self) -> bool:
@@ -95,21 +130,29 @@ class StepGraph:
 
     def reset(self) -> None:
         """Forget the graph (the optimizers' state tensors were replaced, e.g. by a resume): the
-        next steps warm up and capture again."""
-        self.warmed, self._replay, self._static_x, self._static_out = 0, None, None, None
+        next steps warm up, rehearse and capture again."""
+        self.warmed, self.rehearsed = 0, False
+        self._replay: Callable[[], None] | None = None
+        self._static_x: torch.Tensor | None = None
+        self._static_out: torch.Tensor | None = None
+        self._layout: tuple[list[tuple[str, list[str]]], list[str]] = ([], [])
+        self.skip: torch.Tensor | None = None  # 1.0 once a loss of the step is divergent
+        self._limits: dict[str, tuple[torch.Tensor, float]] = {}
 
+    # -- the step ------------------------------------------------------------------------------
     def step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         eager = self.algorithm.updates
         if self.disabled is not None:
             return eager(x)
-        if self._replay is None:
+        if not self.rehearsed:
             if self.warmed < self.warmup_steps:
                 self.warmed += 1
                 with self.backend.warmup():
                     return eager(x)
-            if not self._capture(x):
-                return eager(x)
-        assert self._static_x is not None
+            return self._rehearse(x)
+        if self._replay is None:
+            self._capture(x)
+        assert self._static_x is not None and self._replay is not None
         if (x.shape, x.dtype, x.device) != (self._static_x.shape, self._static_x.dtype, self._static_x.device):
             if not self._told_shape:
                 self._told_shape = True
@@ -121,39 +164,63 @@ class StepGraph:
                 )
             return eager(x)
         self._static_x.copy_(x)
-        assert self._replay is not None
+        self._refresh_limits()
         self._replay()
         self.replays += 1
-        return self._results()
+        return self._results(self._static_out)
 
-    def _capture(self, x: torch.Tensor) -> bool:
-        """Record the step for batches like ``x``; on failure give up capture for good, warn, and
-        return False (nothing of the step ran, so it can run eagerly)."""
-        algorithm = self.algorithm
+    def _rehearse(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run the body to be recorded once, eagerly, and look for host synchronisation in it."""
+        self.rehearsed = True
         self._static_x = x.clone()
-        for optimizer in (algorithm.gen_optimizer, algorithm.disc_optimizer):
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)  # gradients are then allocated in the graph's memory
-        algorithm.deferred_checks = []
-        try:
-            self._replay, self._static_out = self.backend.capture(self._body)
-        except Exception as exc:  # whatever a component did that capture forbids
+        self.skip = torch.zeros((), dtype=torch.float32, device=x.device)
+        with self.backend.warmup(), self.backend.sync_check() as syncs:
+            out = self._recording(self._body)
+        terms = self._results(out)
+        if syncs:
+            where = ", ".join(dict.fromkeys(syncs))
+            self.disabled = f"the step synchronises with the host at {where}"
             self.reset()
-            self.disabled = f"{type(exc).__name__}: {exc}".strip()
             warnings.warn(
-                f"cuda_graphs: capturing the training step failed, so every step runs eagerly ({self.disabled}). "
-                "A component that reads a GPU value on the host (.item(), float(t), a host-side branch on a tensor) "
-                "or copies from host memory during the step cannot be captured; set cuda_graphs=false to silence this.",
+                f"cuda_graphs: {self.disabled}, which a CUDA graph cannot record, so every step runs eagerly. "
+                "A component that reads a GPU value on the host (.item(), float(t), `if t.any():`) or builds a "
+                "device tensor from host data (torch.tensor(..., device=...)) in its forward cannot be captured; "
+                "change it, or set cuda_graphs=false to silence this.",
                 GraphCaptureWarning, stacklevel=3,
             )
-            return False
+        return terms
+
+    def _capture(self, x: torch.Tensor) -> None:
+        """Record the step for batches like ``x``; a failure is an error (see ``GraphCaptureError``)."""
+        self._static_x = x.clone()
+        for optimizer in (self.algorithm.gen_optimizer, self.algorithm.disc_optimizer):
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)  # gradients are then allocated in the graph's memory
+        try:
+            self._replay, self._static_out = self._recording(lambda: self.backend.capture(self._body))
+        except Exception as exc:
+            cause = exc.__context__ or exc  # a failed capture_end hides the first error
+            self.disabled = f"{type(cause).__name__}: {cause}".strip()
+            raise GraphCaptureError(
+                f"cuda_graphs: recording the training step failed ({self.disabled}) although its rehearsal found "
+                "no host synchronisation. The process's CUDA state may not be usable after a failed capture: "
+                "restart the run with cuda_graphs=false (--resume continues from the last checkpoint), and "
+                "please report the error."
+            ) from exc
+
+    def _recording(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` with the algorithm's loss checks deferred to ``_results``."""
+        self.algorithm.deferred_checks = []
+        try:
+            return fn()
         finally:
-            algorithm.deferred_checks = None
-        return True
+            self.algorithm.deferred_checks = None
 
     def _body(self) -> torch.Tensor:
         """One step on the static batch; returns its losses and terms stacked in one tensor, so a
-        single copy brings them to the host after a replay."""
+        single copy brings them to the host."""
+        assert self.skip is not None
+        self.skip.zero_()
         terms = self.algorithm.updates(self._static_x)
         checks = self.algorithm.deferred_checks or []
         flat = [value for _, loss, snapshot in checks for value in (loss, *snapshot.values())]
@@ -161,12 +228,12 @@ class StepGraph:
         self._layout = ([(term, list(snapshot)) for term, _, snapshot in checks], list(terms))
         return torch.stack([t.detach().float().reshape(()) for t in flat])
 
-    def _results(self) -> dict[str, torch.Tensor]:
-        """The replayed step's terms, after the guard checked its losses: copies on the device, as
-        an eager step returns them (the next replay overwrites the static output)."""
-        assert self._static_out is not None
-        values = self._static_out.clone()
-        host = values.cpu()  # waits for the replay
+    def _results(self, out: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The step's terms, after the guard checked its losses on the host: copies on the
+        device, as an eager step returns them (the next replay overwrites the static output)."""
+        assert out is not None
+        values = out.clone()
+        host = values.cpu()  # waits for the step
         checks, names = self._layout
         at = 0
         for term, keys in checks:
@@ -174,3 +241,41 @@ class StepGraph:
             at += 1 + len(keys)
             self.algorithm.guard.check_loss(term, loss, snapshot, *self.algorithm.where)
         return dict(zip(names, values[at:]))
+
+    # -- the guard on the device ---------------------------------------------------------------
+    def flag(self, term: str, loss: torch.Tensor) -> None:
+        """Inside the body: set ``skip`` when ``loss`` is NaN, infinite or above the guard's limit."""
+        assert self.skip is not None
+        if term not in self._limits:  # first met in the rehearsal, which runs eagerly
+            written = self.algorithm.guard.limit(term)
+            self._limits[term] = (torch.full((), written, device=loss.device), written)
+        limit = self._limits[term][0]
+        value = loss.detach().float()
+        divergent = ~torch.isfinite(value) | (value.abs() > limit)
+        torch.maximum(self.skip, divergent.float(), out=self.skip)
+
+    def _refresh_limits(self) -> None:
+        """Before a replay: write the guard's current limits where the graph reads them."""
+        for term, (tensor, written) in self._limits.items():
+            value = self.algorithm.guard.limit(term)
+            if value != written:
+                tensor.fill_(value)
+                self._limits[term] = (tensor, value)
+
+    @contextlib.contextmanager
+    def gated(self, optimizer: torch.optim.Optimizer) -> Iterator[None]:
+        """Inside the body: the optimizer's step skips when ``skip`` is set (fused Adam reads it as
+        ``found_inf``, as for a loss scaler).  Unfused optimizers cannot skip on the device."""
+        fused = all(group.get("fused") for group in optimizer.param_groups)
+        if fused:
+            optimizer.found_inf = self.skip  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            if fused:
+                del optimizer.found_inf  # type: ignore[attr-defined]
+
+    def ema_weight(self, decay: float) -> torch.Tensor:
+        """Inside the body: the weight average's step, 0 when ``skip`` is set."""
+        assert self.skip is not None
+        return (1.0 - self.skip) * (1.0 - decay)

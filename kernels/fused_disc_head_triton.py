@@ -251,9 +251,8 @@ def _offsets(segment_sizes: Sequence[int], device: torch.device) -> torch.Tensor
         if acc >= 2**31:
             raise ValueError(f"the Triton kernels index rows with int32; N={acc} rows is too many")
         off = torch.tensor(values, dtype=torch.int32, device=device)
-        if len(_offsets_cache) >= 256:
-            _offsets_cache.clear()
-        _offsets_cache[key] = off
+        if len(_offsets_cache) < 256:  # never evicted: a CUDA graph may read a cached tensor by address
+            _offsets_cache[key] = off
     return off
 
 

@@ -29,15 +29,22 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 class RecordedSteps:
     """Stand-in for ``CudaGraphs``: capture runs the body once (this step's work, which a real
     capture leaves to the first replay, so that replay is skipped); each later replay runs the
-    body again, its loss checks deferred, into the static output."""
+    body again, its loss checks deferred, into the static output.  ``syncs``: what the rehearsal's
+    sync check reports; ``fail``: what capture raises."""
 
-    def __init__(self, algorithm, fail: Exception | None = None) -> None:
-        self.algorithm, self.fail = algorithm, fail
+    def __init__(self, algorithm, fail: Exception | None = None, syncs: tuple[str, ...] = ()) -> None:
+        self.algorithm, self.fail, self.syncs = algorithm, fail, syncs
         self.warmups = self.captures = 0
 
     def warmup(self):
         self.warmups += 1
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def sync_check(self):
+        found = []
+        yield found
+        found.extend(self.syncs)
 
     def capture(self, body):
         self.captures += 1
@@ -58,11 +65,15 @@ class RecordedSteps:
         return replay, out
 
 
-def graphed(warmup: int = 2, fail: Exception | None = None, **overrides):
+def graphed(warmup: int = 2, fail: Exception | None = None, syncs: tuple[str, ...] = (), **overrides):
     trainer = asvae_kit.build("mlp-asvae", device="cpu", **{**SMALL, **overrides})
-    backend = RecordedSteps(trainer.algorithm, fail)
+    backend = RecordedSteps(trainer.algorithm, fail, syncs)
     trainer.algorithm.graph = StepGraph(trainer.algorithm, warmup=warmup, backend=backend)
     return trainer, backend
+
+
+def batch(n: int = 8) -> torch.Tensor:
+    return torch.rand(n, 1, 8, 8)
 
 
 def test_replayed_steps_train_exactly_as_eager_steps_do():
@@ -70,57 +81,97 @@ def test_replayed_steps_train_exactly_as_eager_steps_do():
     trainer, backend = graphed(steps=7)
     trainer.fit(progress=False)
     graph = trainer.algorithm.graph
-    assert (backend.warmups, backend.captures, graph.replays) == (2, 1, 5)
+    assert (backend.warmups, backend.captures, graph.replays) == (3, 1, 4)  # 2 warm-ups, the rehearsal, 4 replays
     assert [row["g_loss"] for row in trainer.history] == [row["g_loss"] for row in eager.history]
     assert [row["d_loss"] for row in trainer.history] == [row["d_loss"] for row in eager.history]
     for (name, a), b in zip(eager.state_tensors().items(), trainer.state_tensors().values()):
         assert torch.equal(a, b), name  # each replay trained on that step's batch, not the captured one
 
 
-def test_a_divergent_loss_is_caught_right_after_the_replay():
-    trainer, _ = graphed()
-    x = torch.rand(8, 1, 8, 8)
-    for _ in range(3):
-        trainer.train_step(x)  # two warm-ups, then the capture
-    assert trainer.algorithm.graph.captured
-    with pytest.raises(asvae_kit.TrainingDivergedError, match=r"discriminator loss \(d_loss\) became nan at step 4"):
-        trainer.train_step(torch.full_like(x, float("nan")))
+def test_the_weight_average_follows_replayed_steps():
+    eager = asvae_kit.build("mlp-asvae", device="cpu", steps=6, ema=0.9, **SMALL).fit(progress=False)
+    trainer, _ = graphed(warmup=1, steps=6, ema=0.9)
+    trainer.fit(progress=False)
+    for (name, a), b in zip(eager.ema.tensors().items(), trainer.ema.tensors().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("when", ["rehearsal", "replay"])
+def test_a_divergent_step_is_caught_and_applies_nothing(when):
+    trainer, _ = graphed(warmup=0, ema=0.9)
+    if when == "replay":
+        trainer.train_step(batch())
+        trainer.train_step(batch())
+        assert trainer.algorithm.graph.captured
+    before = {k: v.clone() for k, v in {**trainer.state_tensors(), **trainer.ema.tensors()}.items()}
+    adam_steps = [s["step"].clone() for s in trainer.disc_optimizer.state.values()]
+    number = trainer.step + 1
+    with pytest.raises(asvae_kit.TrainingDivergedError, match=rf"discriminator loss \(d_loss\) became nan at step {number}"):
+        trainer.train_step(torch.full_like(batch(), float("nan")))
+    after = {**trainer.state_tensors(), **trainer.ema.tensors()}
+    assert all(torch.equal(before[k], after[k]) for k in before), "a divergent step changed the weights"
+    assert all(torch.equal(a, s["step"]) for a, s in zip(adam_steps, trainer.disc_optimizer.state.values()))
+
+
+def test_the_growth_limit_reaches_the_device():
+    trainer, _ = graphed(warmup=3)
+    for _ in range(5):
+        trainer.train_step(batch())
+    guard, graph = trainer.algorithm.guard, trainer.algorithm.graph
+    assert math.isfinite(guard.limit("g_loss"))
+    assert float(graph._limits["g_loss"][0]) == pytest.approx(guard.limit("g_loss"))
+    guard._typical["g_loss"] = 1e-9  # any loss is now far above its typical level
+    before = {k: v.clone() for k, v in trainer.state_tensors().items()}
+    with pytest.raises(asvae_kit.TrainingDivergedError, match=r"\(g_loss\) reached .* over 1000 times its typical magnitude"):
+        trainer.train_step(batch())
+    after = trainer.state_tensors()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder", "decoder")))
 
 
 def test_a_batch_of_another_shape_trains_eagerly_with_one_warning():
     trainer, _ = graphed(warmup=0)
-    trainer.train_step(torch.rand(8, 1, 8, 8))
+    trainer.train_step(batch())
+    trainer.train_step(batch())
     with pytest.warns(GraphCaptureWarning, match=r"shape \(5, 1, 8, 8\) does not fit the graph captured for \(8, 1, 8, 8\)"):
-        terms = trainer.train_step(torch.rand(5, 1, 8, 8))
+        terms = trainer.train_step(batch(5))
     assert math.isfinite(float(terms["g_loss"]))
     with warnings.catch_warnings():
         warnings.simplefilter("error", GraphCaptureWarning)
-        trainer.train_step(torch.rand(3, 1, 8, 8))
-        trainer.train_step(torch.rand(8, 1, 8, 8))
-    assert trainer.algorithm.graph.replays == 2 and trainer.step == 4
+        trainer.train_step(batch(3))
+        trainer.train_step(batch())
+    assert trainer.algorithm.graph.replays == 2 and trainer.step == 5
 
 
-def test_a_step_that_cannot_be_captured_runs_eagerly_from_then_on():
-    error = RuntimeError("CUDA error: operation not permitted when stream is capturing")
-    trainer, backend = graphed(warmup=1, fail=error)
+def test_a_step_that_synchronises_is_named_and_runs_eagerly_from_then_on():
+    trainer, backend = graphed(warmup=1, syncs=("plugins/mine.py:12", "plugins/mine.py:12"))
     before = [p.detach().clone() for p in trainer.encoder.parameters()]
-    trainer.train_step(torch.rand(8, 1, 8, 8))
-    with pytest.warns(GraphCaptureWarning, match="capturing the training step failed.*operation not permitted when stream is capturing"):
-        trainer.train_step(torch.rand(8, 1, 8, 8))
+    trainer.train_step(batch())
+    with pytest.warns(GraphCaptureWarning, match=r"synchronises with the host at plugins/mine.py:12, which a CUDA graph cannot record"):
+        trainer.train_step(batch())
     with warnings.catch_warnings():
         warnings.simplefilter("error", GraphCaptureWarning)
-        trainer.train_step(torch.rand(8, 1, 8, 8))
-    assert backend.captures == 1 and trainer.algorithm.graph.disabled and trainer.step == 3
+        trainer.train_step(batch())
+    assert backend.captures == 0 and trainer.algorithm.graph.disabled and trainer.step == 3
     assert not any(torch.equal(a, b) for a, b in zip(before, trainer.encoder.parameters()))
+
+
+def test_a_failed_capture_is_an_error_that_says_what_to_do():
+    error = RuntimeError("CUDA error: operation not permitted when stream is capturing")
+    trainer, _ = graphed(warmup=0, fail=error)
+    trainer.train_step(batch())
+    with pytest.raises(asvae_kit.GraphCaptureError, match="operation not permitted.*restart the run with cuda_graphs=false"):
+        trainer.train_step(batch())
 
 
 def test_resuming_drops_the_graph_and_captures_again():
     trainer, backend = graphed(warmup=0)
-    trainer.train_step(torch.rand(8, 1, 8, 8))
+    trainer.train_step(batch())
+    trainer.train_step(batch())
     state = {**trainer.state_dict(), "step": trainer.step}
     trainer.load_state_dict(state)
     assert not trainer.algorithm.graph.captured
-    trainer.train_step(torch.rand(8, 1, 8, 8))
+    trainer.train_step(batch())
+    trainer.train_step(batch())
     assert backend.captures == 2
 
 
@@ -159,7 +210,7 @@ def test_on_a_gpu_the_step_is_captured_and_trains_like_eager(precision):
         warnings.simplefilter("error", GraphCaptureWarning)
         trainer = asvae_kit.build("mlp-asvae", cuda_graphs=True, **overrides).fit(progress=False)
     graph = trainer.algorithm.graph
-    assert graph.captured and graph.replays == 60 - graph.warmup_steps
+    assert graph.captured and graph.replays == 60 - graph.warmup_steps - 1  # and the rehearsal
     group = trainer.gen_optimizer.param_groups[0]
     assert group["capturable"] and group["fused"] and isinstance(group["lr"], torch.Tensor)
     assert float(group["lr"]) == pytest.approx(float(eager.gen_optimizer.param_groups[0]["lr"]), abs=1e-9)  # the schedule reached the graph
