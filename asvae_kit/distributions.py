@@ -89,7 +89,7 @@ class ImplicitPosterior:
         self.z = z
         self.mean = mean
         # a float becomes a tensor by a fill on the device, not a host copy (which a CUDA graph cannot record)
-        self.log_scale = log_scale.to(mean.dtype) if torch.is_tensor(log_scale) else mean.new_full((), float(log_scale))
+        self.log_scale = log_scale.to(device=mean.device, dtype=mean.dtype) if torch.is_tensor(log_scale) else mean.new_full((), float(log_scale))
 
     def rsample(self) -> torch.Tensor:
         """The sample the network drew (reparameterised: a function of its input noise)."""

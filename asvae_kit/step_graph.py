@@ -12,7 +12,10 @@ How a run goes:
 2. one *rehearsal* step runs the recorded body itself, eagerly, with CUDA's sync debugging on: a
    component that reads a GPU value on the host or copies from host memory is found here, named,
    and the run goes on eagerly with one ``GraphCaptureWarning`` (recording such a step would fail
-   and could leave the process's CUDA state unusable);
+   and could leave the process's CUDA state unusable).  Sync debugging does not see everything a
+   graph forbids (``torch.cuda.synchronize()``, event waits, non-blocking copies from pinned host
+   memory); those end in ``GraphCaptureError`` or, for the last, a replay that re-reads a stale
+   host buffer;
 3. the next step is recorded and replayed, and so is every later step with a batch of that shape.
 
 The divergence guard cannot stop a graph half-way, so the body does its test on the device: a
@@ -30,12 +33,14 @@ differs from the recorded one (that batch only; e.g. a last, smaller batch).
 from __future__ import annotations
 
 import contextlib
+import os
+import traceback
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator
 
 import torch
 
-from .errors import GraphCaptureError
+from .errors import GraphCaptureError, TrainingDivergedError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .algorithm import AlgorithmStep
@@ -72,18 +77,22 @@ class CudaGraphs:
         with the host (``torch.cuda.set_sync_debug_mode``)."""
         found: list[str] = []
         previous = torch.cuda.get_sync_debug_mode()
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings():
             warnings.simplefilter("always")
+            show = warnings.showwarning
+
+            def note(message: Any, category: Any, filename: str, lineno: int, *rest: Any) -> None:
+                if "synchronizing" in str(message):
+                    found.append(_caller_outside_torch())
+                else:
+                    show(message, category, filename, lineno, *rest)
+
+            warnings.showwarning = note
             torch.cuda.set_sync_debug_mode("warn")
             try:
                 yield found
             finally:
                 torch.cuda.set_sync_debug_mode(previous)
-        for w in caught:
-            if "synchronizing" in str(w.message):
-                found.append(f"{w.filename}:{w.lineno}")
-            else:  # not ours to swallow
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     def capture(self, body: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
         """Record ``body`` (which runs nothing on the GPU while recorded) into a graph; return its
@@ -98,6 +107,16 @@ class CudaGraphs:
             torch.cuda.set_stream(stream)  # a failed capture_end leaves the graph's stream current
             raise
         return graph.replay, out
+
+
+def _caller_outside_torch() -> str:
+    """``file:line`` of the innermost frame outside torch and the warnings machinery: the code
+    that made torch synchronise (a backward's syncs surface where the backward was called)."""
+    skip = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(warnings.__file__) + os.sep + "warnings", __file__)
+    for frame in reversed(traceback.extract_stack()[:-1]):
+        if not frame.filename.startswith(skip):
+            return f"{frame.filename}:{frame.lineno}"
+    return "an unknown place"
 
 
 @contextlib.contextmanager
@@ -151,9 +170,11 @@ class StepGraph:
                     return eager(x)
             return self._rehearse(x)
         if self._replay is None:
+            if self._signature(x) != self._signature(self._static_x):
+                return self._rehearse(x)  # record only what was rehearsed (first-time work for a shape is not recordable)
             self._capture(x)
         assert self._static_x is not None and self._replay is not None
-        if (x.shape, x.dtype, x.device) != (self._static_x.shape, self._static_x.dtype, self._static_x.device):
+        if self._signature(x) != self._signature(self._static_x):
             if not self._told_shape:
                 self._told_shape = True
                 warnings.warn(
@@ -169,6 +190,10 @@ class StepGraph:
         self.replays += 1
         return self._results(self._static_out)
 
+    @staticmethod
+    def _signature(x: torch.Tensor | None) -> tuple[Any, ...]:
+        return (None,) if x is None else (x.shape, x.dtype, x.device)
+
     def _rehearse(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the body to be recorded once, eagerly, and look for host synchronisation in it."""
         self.rehearsed = True
@@ -176,11 +201,9 @@ class StepGraph:
         self.skip = torch.zeros((), dtype=torch.float32, device=x.device)
         with self.backend.warmup(), self.backend.sync_check() as syncs:
             out = self._recording(self._body)
-        terms = self._results(out)
         if syncs:
             where = ", ".join(dict.fromkeys(syncs))
             self.disabled = f"the step synchronises with the host at {where}"
-            self.reset()
             warnings.warn(
                 f"cuda_graphs: {self.disabled}, which a CUDA graph cannot record, so every step runs eagerly. "
                 "A component that reads a GPU value on the host (.item(), float(t), `if t.any():`) or builds a "
@@ -188,7 +211,11 @@ class StepGraph:
                 "change it, or set cuda_graphs=false to silence this.",
                 GraphCaptureWarning, stacklevel=3,
             )
-        return terms
+        try:
+            return self._results(out)
+        finally:
+            if self.disabled is not None:
+                self.reset()  # the static buffers are not needed any more
 
     def _capture(self, x: torch.Tensor) -> None:
         """Record the step for batches like ``x``; a failure is an error (see ``GraphCaptureError``)."""
@@ -224,7 +251,7 @@ class StepGraph:
         terms = self.algorithm.updates(self._static_x)
         checks = self.algorithm.deferred_checks or []
         flat = [value for _, loss, snapshot in checks for value in (loss, *snapshot.values())]
-        flat += list(terms.values())
+        flat += [self.skip, *terms.values()]
         self._layout = ([(term, list(snapshot)) for term, _, snapshot in checks], list(terms))
         return torch.stack([t.detach().float().reshape(()) for t in flat])
 
@@ -236,11 +263,18 @@ class StepGraph:
         host = values.cpu()  # waits for the step
         checks, names = self._layout
         at = 0
+        skipped = bool(host[sum(1 + len(keys) for _, keys in checks)] > 0)
         for term, keys in checks:
             loss, snapshot = host[at], dict(zip(keys, host[at + 1 : at + 1 + len(keys)]))
             at += 1 + len(keys)
-            self.algorithm.guard.check_loss(term, loss, snapshot, *self.algorithm.where)
-        return dict(zip(names, values[at:]))
+            try:
+                self.algorithm.guard.check_loss(term, loss, snapshot, *self.algorithm.where)
+            except TrainingDivergedError as exc:
+                if skipped:
+                    raise
+                # the guard's limit fell within the step (n_critic > 1): the device had let the updates through
+                raise TrainingDivergedError(f"{exc} (cuda_graphs: this step's updates were applied before the check)") from None
+        return dict(zip(names, values[at + 1 :]))
 
     # -- the guard on the device ---------------------------------------------------------------
     def flag(self, term: str, loss: torch.Tensor) -> None:

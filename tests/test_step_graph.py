@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import warnings
 
 import pytest
@@ -155,6 +156,23 @@ def test_a_step_that_synchronises_is_named_and_runs_eagerly_from_then_on():
     assert not any(torch.equal(a, b) for a, b in zip(before, trainer.encoder.parameters()))
 
 
+def test_only_a_rehearsed_batch_shape_is_recorded():
+    trainer, backend = graphed(warmup=0)
+    trainer.train_step(batch())  # rehearsed for 8 rows
+    trainer.train_step(batch(5))  # another shape: rehearsed again, not recorded
+    assert backend.captures == 0 and not trainer.algorithm.graph.captured
+    trainer.train_step(batch(5))
+    assert backend.captures == 1 and trainer.algorithm.graph._static_x.shape[0] == 5
+
+
+def test_a_rehearsal_that_synchronises_and_diverges_still_gives_capture_up():
+    trainer, backend = graphed(warmup=0, syncs=("plugins/mine.py:12",))
+    with pytest.warns(GraphCaptureWarning, match="plugins/mine.py:12"), pytest.raises(asvae_kit.TrainingDivergedError):
+        trainer.train_step(torch.full_like(batch(), float("nan")))
+    trainer.train_step(batch())
+    assert trainer.algorithm.graph.disabled and backend.captures == 0
+
+
 def test_a_failed_capture_is_an_error_that_says_what_to_do():
     error = RuntimeError("CUDA error: operation not permitted when stream is capturing")
     trainer, _ = graphed(warmup=0, fail=error)
@@ -211,6 +229,8 @@ def test_on_a_gpu_the_step_is_captured_and_trains_like_eager(precision):
         trainer = asvae_kit.build("mlp-asvae", cuda_graphs=True, **overrides).fit(progress=False)
     graph = trainer.algorithm.graph
     assert graph.captured and graph.replays == 60 - graph.warmup_steps - 1  # and the rehearsal
+    first = trainer.gen_optimizer.param_groups[0]["params"][0]
+    assert int(trainer.gen_optimizer.state[first]["step"]) == 60  # no replay skipped its Adam step
     group = trainer.gen_optimizer.param_groups[0]
     assert group["capturable"] and group["fused"] and isinstance(group["lr"], torch.Tensor)
     assert float(group["lr"]) == pytest.approx(float(eager.gen_optimizer.param_groups[0]["lr"]), abs=1e-9)  # the schedule reached the graph
@@ -219,3 +239,27 @@ def test_on_a_gpu_the_step_is_captured_and_trains_like_eager(precision):
         ours = sum(row[key] for row in trainer.history[late]) / 20
         theirs = sum(row[key] for row in eager.history[late]) / 20
         assert math.isfinite(ours) and ours == pytest.approx(theirs, rel=0.15), key
+
+
+@cuda
+def test_on_a_gpu_a_component_that_synchronises_is_named_and_trains_eagerly(monkeypatch):
+    trainer = asvae_kit.build("mlp-asvae", cuda_graphs=True, **{**SMALL, "device": "cuda", "steps": 6})
+    loss_fn = trainer.algorithm.divergence.generator_loss
+
+    def syncing(discriminator, joint):
+        loss, terms = loss_fn(discriminator, joint)
+        if float(loss) > 1e30:  # reads a GPU value on the host: not recordable
+            pass
+        return loss, terms
+
+    monkeypatch.setattr(trainer.algorithm.divergence, "generator_loss", syncing)
+    with pytest.warns(GraphCaptureWarning, match=r"synchronises with the host at .*test_step_graph.py:\d+"):
+        trainer.fit(progress=False)
+    assert trainer.algorithm.graph.disabled and not trainer.algorithm.graph.captured and trainer.step == 6
+
+
+def test_a_sync_is_located_at_the_first_frame_outside_torch():
+    from asvae_kit.step_graph import _caller_outside_torch
+
+    where = _caller_outside_torch()
+    assert where.endswith(f"test_step_graph.py:{sys._getframe().f_lineno - 1}")
