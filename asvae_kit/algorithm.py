@@ -149,15 +149,14 @@ class AlgorithmStep:
     @property
     def recording(self) -> bool:
         """The step is being rehearsed or recorded for a CUDA graph (see ``step_graph``)."""
-        return self.deferred_checks is not None and self.graph is not None
+        return self.deferred_checks is not None  # only a StepGraph sets it
 
     def check_loss(self, term: str, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
         """Raise ``TrainingDivergedError`` when ``loss`` (``"d_loss"`` or ``"g_loss"``) is divergent;
         while a graph records the step, note it for after the replay instead."""
-        if self.deferred_checks is not None:
-            self.deferred_checks.append((term, loss, dict(terms)))
-            if self.graph is not None:
-                self.graph.flag(term, loss)  # the graph's updates skip on the device
+        if self.recording:
+            self.deferred_checks.append((term, loss, dict(terms)))  # type: ignore[union-attr]
+            self.graph.flag(term, loss)  # type: ignore[union-attr]  # the graph's updates skip on the device
             return
         self.guard.check_loss(term, loss, terms, *self.where)
 

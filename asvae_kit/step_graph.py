@@ -112,7 +112,7 @@ class CudaGraphs:
 def _caller_outside_torch() -> str:
     """``file:line`` of the innermost frame outside torch and the warnings machinery: the code
     that made torch synchronise (a backward's syncs surface where the backward was called)."""
-    skip = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(warnings.__file__) + os.sep + "warnings", __file__)
+    skip = (os.path.dirname(torch.__file__) + os.sep, warnings.__file__, __file__)
     for frame in reversed(traceback.extract_stack()[:-1]):
         if not frame.filename.startswith(skip):
             return f"{frame.filename}:{frame.lineno}"
@@ -219,7 +219,8 @@ class StepGraph:
 
     def _capture(self, x: torch.Tensor) -> None:
         """Record the step for batches like ``x``; a failure is an error (see ``GraphCaptureError``)."""
-        self._static_x = x.clone()
+        assert self._static_x is not None  # the rehearsal's buffer, of x's shape
+        self._static_x.copy_(x)
         for optimizer in (self.algorithm.gen_optimizer, self.algorithm.disc_optimizer):
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)  # gradients are then allocated in the graph's memory
@@ -250,8 +251,7 @@ class StepGraph:
         self.skip.zero_()
         terms = self.algorithm.updates(self._static_x)
         checks = self.algorithm.deferred_checks or []
-        flat = [value for _, loss, snapshot in checks for value in (loss, *snapshot.values())]
-        flat += [self.skip, *terms.values()]
+        flat = [self.skip, *(value for _, loss, snapshot in checks for value in (loss, *snapshot.values())), *terms.values()]
         self._layout = ([(term, list(snapshot)) for term, _, snapshot in checks], list(terms))
         return torch.stack([t.detach().float().reshape(()) for t in flat])
 
@@ -262,8 +262,7 @@ class StepGraph:
         values = out.clone()
         host = values.cpu()  # waits for the step
         checks, names = self._layout
-        at = 0
-        skipped = bool(host[sum(1 + len(keys) for _, keys in checks)] > 0)
+        skipped, at = bool(host[0] > 0), 1
         for term, keys in checks:
             loss, snapshot = host[at], dict(zip(keys, host[at + 1 : at + 1 + len(keys)]))
             at += 1 + len(keys)
@@ -274,7 +273,7 @@ class StepGraph:
                     raise
                 # the guard's limit fell within the step (n_critic > 1): the device had let the updates through
                 raise TrainingDivergedError(f"{exc} (cuda_graphs: this step's updates were applied before the check)") from None
-        return dict(zip(names, values[at + 1 :]))
+        return dict(zip(names, values[at:]))
 
     # -- the guard on the device ---------------------------------------------------------------
     def flag(self, term: str, loss: torch.Tensor) -> None:
