@@ -16,8 +16,13 @@ import asvae_kit
 from asvae_kit.checks import check_bool, check_number
 from asvae_kit.errors import ConfigError
 from asvae_kit.joint_batch import MEAN, SOFTPLUS, SOFTPLUS_NEG, JointBatch, head_statistics
+from asvae_kit.names import did_you_mean
 
-__all__ = ["ELBO", "AVB", "ALI", "ASVAE"]
+__all__ = ["ELBO", "AVB", "ALI", "ASVAE", "ASVAE_CRITICS"]
+
+#: ASVAE's two critics (docs/divergences.md): ``two-head`` (g and f against q(x)p(z)) and ``joint``
+#: (one ALI-style head T on the encoder joint against the decoder joint).
+ASVAE_CRITICS = ("two-head", "joint")
 
 Diagnostics = dict[str, torch.Tensor]
 
@@ -90,19 +95,47 @@ class ALI:
 
 
 class ASVAE:
-    """Adversarial Symmetric VAE (Pu et al. 2017): heads g (encoder joint vs q(x)p(z)) and
-    f (decoder joint vs q(x)p(z)); maximise λ_x ℓ_x + λ_z ℓ_z with
-    ℓ_x = E_q[log p(x|z) - g] and ℓ_z = E_p[log q(z|x) - f]; report SKL ≈ mean_q(g-f) + mean_p(f-g)."""
+    """Adversarial Symmetric VAE, with one of two critics (docs/divergences.md).
 
-    num_heads = 2
-    decodes_both = True  # uses log p(x|z_q) and x_p: the batch decodes z_q and z_p in one call
+    ``critic="two-head"`` (Pu et al. 2017): heads g (encoder joint vs q(x)p(z)) and f (decoder
+    joint vs q(x)p(z)); maximise λ_x ℓ_x + λ_z ℓ_z with ℓ_x = E_q[log p(x|z) - g] and
+    ℓ_z = E_p[log q(z|x) - f]; report SKL ≈ mean_q(g-f) + mean_p(f-g).
 
-    def __init__(self, lambda_x: float = 1.0, lambda_z: float = 1.0, analytic_kl: bool = False) -> None:
+    ``critic="joint"`` (the symmetric VAE's reading): one head T separates the encoder joint
+    (label 1) from the decoder joint (label 0), so T* = log q(x,z) - log p(x,z); minimise
+    (mean_q T - mean_p T) - λ_x E_q[log p(x|z_q)] - λ_z E_p[log q(z_p|x_p)], the adversarial
+    symmetric-KL estimate plus both reconstruction terms.
+    """
+
+    decodes_both = True  # both critics use log p(x|z_q) and x_p: the batch decodes z_q and z_p in one call
+
+    def __init__(self, lambda_x: float = 1.0, lambda_z: float = 1.0, analytic_kl: bool = False, critic: str = "two-head") -> None:
         self.lambda_x = _check_weight(lambda_x, "lambda_x", "asvae")
         self.lambda_z = _check_weight(lambda_z, "lambda_z", "asvae")
         self.analytic_kl = check_bool(analytic_kl, "divergence 'asvae': analytic_kl")
+        if not isinstance(critic, str) or critic not in ASVAE_CRITICS:
+            raise ConfigError(
+                f"divergence 'asvae': critic {critic!r} is not one of {', '.join(ASVAE_CRITICS)}."
+                f"{did_you_mean(str(critic), ASVAE_CRITICS)}"
+            )
+        self.critic = critic
+        if critic == "joint" and self.analytic_kl:
+            raise ConfigError(
+                "divergence 'asvae': analytic_kl=true needs critic='two-head'. It replaces head g's estimate of "
+                "KL(q(z|x) || p(z)), and the joint critic has no such term: its one head estimates "
+                "log q(x,z) - log p(x,z) as a whole (docs/divergences.md)."
+            )
+        # The head count depends on the critic, so it is set per instance: the builder reads it from
+        # the built divergence (asvae_kit.builder), never from the class.
+        self.num_heads = 1 if critic == "joint" else 2
 
     def discriminator_loss(self, discriminator: nn.Module, batch: JointBatch) -> tuple[torch.Tensor, Diagnostics]:
+        if self.critic == "joint":
+            # T: encoder joint (label 1) against decoder joint (label 0), as ALI's discriminator.
+            q, p, t = 0, 1, 0
+            s = head_statistics(discriminator, [(batch.x, batch.z_q.detach()), (batch.x_p.detach(), batch.z_p)])
+            loss = s[q, t, SOFTPLUS_NEG] + s[p, t, SOFTPLUS]
+            return loss, _detached(d_loss=loss)
         q, p, m = 0, 1, 2
         g, f = 0, 1
         s = head_statistics(
@@ -113,6 +146,8 @@ class ASVAE:
         return loss, _detached(d_loss=loss)
 
     def generator_loss(self, discriminator: nn.Module | None, batch: JointBatch) -> tuple[torch.Tensor, Diagnostics]:
+        if self.critic == "joint":
+            return self._joint_generator_loss(discriminator, batch)
         q, p = 0, 1
         g, f = 0, 1
         s = head_statistics(discriminator, [(batch.x, batch.z_q), (batch.x_p, batch.z_p)])
@@ -127,6 +162,22 @@ class ASVAE:
         loss = -(self.lambda_x * l_x + self.lambda_z * l_z)
         skl = (s[q, g, MEAN] - s[q, f, MEAN]) + (s[p, f, MEAN] - s[p, g, MEAN])
         return loss, _detached(g_loss=loss, l_x=l_x, l_z=l_z, log_px=log_px, log_qz=log_qz, skl=skl)
+
+    def _joint_generator_loss(self, discriminator: nn.Module | None, batch: JointBatch) -> tuple[torch.Tensor, Diagnostics]:
+        q, p, t = 0, 1, 0
+        s = head_statistics(discriminator, [(batch.x, batch.z_q), (batch.x_p, batch.z_p)])
+        # At T* = log q(x,z) - log p(x,z): mean_q T estimates KL(q||p) and -mean_p T estimates
+        # KL(p||q); their sum, the adversarial term, estimates the symmetric KL of the joints.
+        kl_qp = s[q, t, MEAN]
+        kl_pq = -s[p, t, MEAN]
+        skl = kl_qp + kl_pq
+        log_px = batch.log_px.mean()
+        log_qz = batch.log_qz.mean()
+        # Through z_q and x_p the adversarial term gives φ the gradient of KL(q||p) and θ that of
+        # KL(p||q); the reconstruction terms' density gradients supply the other directions
+        # (docs/divergences.md, "The joint critic").
+        loss = skl - self.lambda_x * log_px - self.lambda_z * log_qz
+        return loss, _detached(g_loss=loss, skl=skl, kl_qp=kl_qp, kl_pq=kl_pq, log_px=log_px, log_qz=log_qz)
 
 
 @asvae_kit.hookimpl
@@ -154,7 +205,10 @@ def register_divergences(register):
     register(
         "asvae",
         ASVAE,
-        description="Adversarial Symmetric VAE (Pu et al. 2017): 2 heads, g (encoder joint vs q(x)p(z)) and f "
-        "(decoder joint vs q(x)p(z)); maximise lambda_x*l_x + lambda_z*l_z, l_x = E_q[log p(x|z) - g], "
-        "l_z = E_p[log q(z|x) - f]; minimises the symmetric KL of the joints; reports skl.",
+        description="Adversarial Symmetric VAE (Pu et al. 2017). critic='two-head' (default): 2 heads, g (encoder "
+        "joint vs q(x)p(z)) and f (decoder joint vs q(x)p(z)); maximise lambda_x*l_x + lambda_z*l_z, "
+        "l_x = E_q[log p(x|z) - g], l_z = E_p[log q(z|x) - f]. critic='joint': 1 ALI-style head T telling the "
+        "encoder joint from the decoder joint (T ~ log q(x,z)/p(x,z)); minimise mean_q T - mean_p T "
+        "- lambda_x*E_q[log p(x|z)] - lambda_z*E_p[log q(z|x)]. Both pull the two joints together (symmetric KL) "
+        "and report skl.",
     )

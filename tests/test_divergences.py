@@ -41,6 +41,7 @@ from linear_gaussian import (
 )
 
 import asvae_kit
+from asvae_kit.errors import ConfigError
 from asvae_kit.joint_batch import (
     MEAN,
     SOFTPLUS,
@@ -378,9 +379,13 @@ def test_train_step_applies_the_closed_form_gradient(plugin, float64):
 # §1: the discriminator losses are minimised by the optimal logits.
 
 
-@pytest.mark.parametrize("divergence, logits", [("asvae", "g,f"), ("avb", "g"), ("ali", "g-f")])
+@pytest.mark.parametrize(
+    "divergence, logits",
+    [("asvae", "g,f"), ("avb", "g"), ("ali", "g-f"), pytest.param({"name": "asvae", "critic": "joint"}, "g-f", id="asvae-joint-g-f")],
+)
 def test_discriminator_loss_is_stationary_at_optimal_logits(plugin, float64, divergence, logits):
-    """The optimal logits (ASVAE: g*, f*; AVB: g*; ALI: g* - f* = log q(x,z)/p(x,z)) minimise the
+    """The optimal logits (ASVAE: g*, f*; AVB: g*; ALI and ASVAE's joint critic: g* - f* =
+    log q(x,z)/p(x,z)) minimise the
     divergence's discriminator loss: its gradient w.r.t. every head weight and bias vanishes
     (within Monte Carlo error).  The same check at half the optimal logits must fail, showing
     the check can tell (a swapped label or a wrong negative batch would move the minimum)."""
@@ -447,20 +452,18 @@ def test_ali_at_optimal_logit(plugin, float64):
 # §1: a trained discriminator recovers the symmetric KL.
 
 
-def test_trained_quadratic_discriminator_estimates_skl(plugin, float64):
-    """Encoder and decoder frozen at the true parameters, only a quadratic-feature two-head
-    discriminator trained (Adam, the trainer's discriminator optimizer, fresh samples each step,
-    the ASVAE discriminator loss): the skl diagnostic comes within 10% of KL(q||p) + KL(p||q)."""
-    steps, batch_size = 800, 512
-    trainer = make_trainer("asvae", discriminator="quadratic", optim={"disc_lr": 0.03, "betas": [0.9, 0.999]})
+def train_discriminator_alone(trainer, steps: int = 800, batch_size: int = 512, lr: float = 0.03, seed: int = 7) -> None:
+    """Train only ``trainer``'s discriminator on its divergence's discriminator loss (Adam, the
+    trainer's discriminator optimizer, fresh samples each step, the rate decaying linearly to 1%),
+    and check that the encoder and decoder did not move."""
     trainer.encoder.requires_grad_(False)
     trainer.decoder.requires_grad_(False)
     frozen = {k: v.detach().clone() for k, v in generator_params(trainer).items()}
     disc, opt = trainer.discriminator, trainer.disc_optimizer
-    torch.manual_seed(7)
+    torch.manual_seed(seed)
     for step in range(steps):
         for group in opt.param_groups:  # linear decay to 1% of the initial rate
-            group["lr"] = 0.03 * (1.0 - 0.99 * step / steps)
+            group["lr"] = lr * (1.0 - 0.99 * step / steps)
         batch = JointBatch(sample_data(batch_size), trainer.encoder, trainer.decoder, D_Z, sample_x=True)
         loss, _ = trainer.divergence.discriminator_loss(disc, batch)
         opt.zero_grad(set_to_none=True)
@@ -468,6 +471,15 @@ def test_trained_quadratic_discriminator_estimates_skl(plugin, float64):
         opt.step()
     for name, value in generator_params(trainer).items():
         assert torch.equal(value, frozen[name]), f"{name} moved while only the discriminator trained"
+
+
+def test_trained_quadratic_discriminator_estimates_skl(plugin, float64):
+    """Encoder and decoder frozen at the true parameters, only a quadratic-feature two-head
+    discriminator trained (Adam, the trainer's discriminator optimizer, fresh samples each step,
+    the ASVAE discriminator loss): the skl diagnostic comes within 10% of KL(q||p) + KL(p||q)."""
+    trainer = make_trainer("asvae", discriminator="quadratic", optim={"disc_lr": 0.03, "betas": [0.9, 0.999]})
+    train_discriminator_alone(trainer)
+    disc = trainer.discriminator
 
     skl = truth(trainer)["skl"]
     with torch.no_grad():
@@ -483,3 +495,250 @@ def test_trained_quadratic_discriminator_estimates_skl(plugin, float64):
             learned, optimal = disc(x, z), oracle(x, z)
             rmse, spread = (learned - optimal).pow(2).mean(0).sqrt(), optimal.std(0)
             assert bool((rmse < 0.1 * spread).all()), f"learned logits off by {rmse.tolist()} (spread {spread.tolist()})"
+
+
+# ------------------------------------------------------------------------------------------------
+# ASVAE with the joint critic (critic: joint; docs/divergences.md, "one critic on the two joints").
+#
+# One head T, trained on segment q (label 1) against segment p (label 0), so T* = log q(x,z) -
+# log p(x,z) = g* - f*: the oracle's "g-f" logits.  G = (mean_q T - mean_p T) - l_x E_q log p(x|z_q)
+# - l_z E_p log q(z_p|x_p), whose value at T* is SKL - l_x R_x - l_z R_z.  Its gradient with T* frozen
+# is NOT the gradient of that value: through z_q the adversarial term gives phi the gradient of
+# KL(q_phi||p) only (the score term vanishes, as in AVB), through x_p it gives theta that of
+# KL(p_theta||q) only, and the cross gradients of the symmetric KL are the density gradients of R_z
+# (for phi) and R_x (for theta).  So the step follows the gradient, at (phi0, theta0), of
+#     F(phi, theta) = KL(q_phi || p_theta0) + KL(p_theta || q_phi0) - l_x R_x(phi, theta) - l_z R_z(phi, theta).
+
+JOINT_ORACLE = {"name": "oracle-log-ratio", "logits": "g-f"}  # T* = g* - f* = log q(x,z) - log p(x,z)
+
+
+def joint_trainer(lambda_x: float = 1.0, lambda_z: float = 1.0, discriminator: str | dict = JOINT_ORACLE, **overrides):
+    divergence = {"name": "asvae", "critic": "joint", "lambda_x": lambda_x, "lambda_z": lambda_z}
+    return make_trainer(divergence, discriminator=discriminator, **overrides)
+
+
+def joint_critic_objective(params: dict[str, torch.Tensor], lambda_x: float, lambda_z: float, adversarial: bool = True) -> torch.Tensor:
+    """F(phi, theta) above (without the KL terms when the adversarial term is removed, T = 0)."""
+    cf = closed_form(params)
+    value = -(lambda_x * cf["log_px"] + lambda_z * cf["log_qz"])
+    if adversarial:
+        encoder_moves = {k: v if k.startswith("encoder.") else v.detach() for k, v in params.items()}
+        decoder_moves = {k: v if k.startswith("decoder.") else v.detach() for k, v in params.items()}
+        value = value + closed_form(encoder_moves)["kl_qp"] + closed_form(decoder_moves)["kl_pq"]
+    return value
+
+
+def gradient_of(trainer, objective) -> dict[str, torch.Tensor]:
+    """Autograd gradient of ``objective(params)`` w.r.t. the generator's parameters (0 where unused)."""
+    params = generator_params(trainer)
+    grads = torch.autograd.grad(objective(params), list(params.values()), allow_unused=True)
+    return {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(params.items(), grads)}
+
+
+def remove_adversarial_term(trainer) -> None:
+    """T = 0 everywhere (a zero head): no adversarial term, and no gradient through T's inputs."""
+    with torch.no_grad():
+        trainer.discriminator.head.weight.zero_()
+        trainer.discriminator.head.bias.zero_()
+
+
+@pytest.mark.parametrize("lambda_x, lambda_z", [(1.0, 1.0), (2.0, 0.5)])
+def test_joint_critic_at_optimal_logit(plugin, float64, lambda_x, lambda_z):
+    """With T* as the critic, the skl diagnostic (mean_q T - mean_p T) equals KL(q||p) + KL(p||q)
+    in closed form, kl_qp = mean_q T and kl_pq = -mean_p T equal each direction, log_px and log_qz
+    equal R_x and R_z, and G equals SKL - l_x R_x - l_z R_z."""
+    trainer = joint_trainer(lambda_x, lambda_z)
+    assert trainer.divergence.num_heads == 1 and trainer.discriminator.head.out_features == 1
+    cf = truth(trainer)
+    torch.manual_seed(8)
+    mean, se = chunked(generator_terms(trainer, want_grads=False))
+    assert {k for k in mean if k.startswith("diag.")} == {f"diag.{k}" for k in ("g_loss", "skl", "kl_qp", "kl_pq", "log_px", "log_qz")}
+    assert float(se["diag.skl"]) < 0.01 * cf["skl"]
+    for name in ("skl", "kl_qp", "kl_pq", "log_px", "log_qz"):
+        assert_mc(f"joint critic diagnostic {name}", mean[f"diag.{name}"], se[f"diag.{name}"], cf[name])
+    exact = cf["skl"] - lambda_x * cf["log_px"] - lambda_z * cf["log_qz"]
+    assert float(se["loss"]) < 0.01 * abs(exact)
+    assert_mc("joint critic loss", mean["loss"], se["loss"], exact)
+    assert_mc("joint critic g_loss", mean["diag.g_loss"], se["diag.g_loss"], exact)
+
+
+JOINT_GRADIENT_CASES = {
+    # id: (lambda_x, lambda_z, adversarial term kept)
+    "joint": (1.0, 1.0, True),
+    "joint-weighted": (2.0, 0.5, True),
+    # the adversarial term alone: phi gets grad KL(q_phi||p) through z_q, theta grad KL(p_theta||q) through x_p
+    "joint-adversarial-only": (0.0, 0.0, True),
+    # T = 0 and l_z = 0: the encoder's gradient comes only through log p(x|z_q), i.e. through z_q
+    "joint-reconstruction-x-only": (1.0, 0.0, False),
+    # T = 0 and l_x = 0: the decoder's gradient comes only through x_p in log q(z_p|x_p)
+    "joint-reconstruction-z-only": (0.0, 1.0, False),
+}
+
+
+@pytest.mark.parametrize("case", list(JOINT_GRADIENT_CASES))
+def test_joint_critic_gradient_at_optimal_logit(plugin, float64, case):
+    """The autograd gradient of the joint critic's G, T* frozen, equals the gradient of
+    F(phi, theta) (derivation above).  For the default case, the gradient of G's value
+    SKL - R_x - R_z is rejected: the check can tell the two apart."""
+    lambda_x, lambda_z, adversarial = JOINT_GRADIENT_CASES[case]
+    trainer = joint_trainer(lambda_x, lambda_z)
+    if not adversarial:
+        remove_adversarial_term(trainer)
+    expected = gradient_of(trainer, lambda p: joint_critic_objective(p, lambda_x, lambda_z, adversarial))
+    torch.manual_seed(9)
+    mean, se = chunked(generator_terms(trainer))
+    scale = max(float(g.abs().max()) for g in expected.values())
+    for name, exact in expected.items():
+        assert float(se[f"grad.{name}"].max()) < 0.02 * scale, f"{name}: Monte Carlo too noisy to test"
+        assert_mc(f"{case} d loss / d {name}", mean[f"grad.{name}"], se[f"grad.{name}"], exact)
+    # Each network gets a gradient from the terms that reach it (an all-zero block would mean a lost route).
+    for network in ("encoder", "decoder"):
+        assert max(float(g.abs().max()) for k, g in expected.items() if k.startswith(network)) > 0.05 * scale, network
+    if case == "joint":
+        naive = gradient_of(trainer, lambda p: (lambda c: c["skl"] - c["log_px"] - c["log_qz"])(closed_form(p)))
+        assert any(
+            bool(((mean[f"grad.{k}"] - naive[k]).abs() > 20 * se[f"grad.{k}"]).any()) for k in naive
+        ), "the gradient of G's value is not rejected: the check has no power"
+
+
+def _hand_reconstruction_loss(trainer, batch, lambda_x: float, lambda_z: float) -> torch.Tensor:
+    """-(l_x mean log p(x|z_q) + l_z mean log q(z_p|x_p)) written out from the linear-Gaussian
+    parameters, the batch's noise recovered from its samples (no library density or batch code)."""
+    enc, dec = trainer.encoder, trainer.decoder
+    x, z_p = batch.x.flatten(1), batch.z_p
+    eps_q = ((batch.z_q - (x @ enc.A.T + enc.a)) / enc.log_scale.exp()).detach()
+    eps_p = ((batch.x_p.flatten(1) - (z_p @ dec.B.T + dec.b)) / dec.log_scale.exp()).detach()
+    z_q = x @ enc.A.T + enc.a + enc.log_scale.exp() * eps_q
+    x_p = z_p @ dec.B.T + dec.b + dec.log_scale.exp() * eps_p
+    eye_x, eye_z = torch.eye(D_X), torch.eye(D_Z)
+    log_px = gaussian_log_prob(x, z_q @ dec.B.T + dec.b, (2 * dec.log_scale).exp() * eye_x)  # a mean per row
+    log_qz = gaussian_log_prob(z_p, x_p @ enc.A.T + enc.a, (2 * enc.log_scale).exp() * eye_z)
+    return -(lambda_x * log_px.mean() + lambda_z * log_qz.mean())
+
+
+def test_joint_critic_routes_gradients_to_the_right_networks(plugin, float64):
+    """On one batch: the discriminator loss reaches the critic only (z_q and x_p are detached); G,
+    with the critic frozen as in train_step, reaches every encoder and decoder parameter; with the
+    adversarial term removed, G's gradient is exactly that of the reconstruction terms written out
+    by hand, so l_x reaches the encoder only through z_q in log p(x|z_q) and l_z reaches the
+    decoder only through x_p in log q(z_p|x_p)."""
+    trainer = joint_trainer()
+    enc_dec = list(generator_params(trainer).items())
+    head = list(trainer.discriminator.head.named_parameters())
+    torch.manual_seed(10)
+    batch = JointBatch(sample_data(256), trainer.encoder, trainer.decoder, D_Z, sample_x=True)
+
+    d_loss, _ = trainer.divergence.discriminator_loss(trainer.discriminator, batch)
+    grads = torch.autograd.grad(d_loss, [p for _, p in enc_dec + head], allow_unused=True)
+    for (name, _), g in zip(enc_dec, grads):
+        assert g is None or not bool(g.any()), f"the discriminator loss sent a gradient to {name}"
+    for (name, _), g in zip(head, grads[len(enc_dec):]):
+        assert g is not None and bool(g.any()), f"the discriminator loss sent no gradient to the critic's {name}"
+
+    trainer.discriminator.requires_grad_(False)
+    g_loss, _ = trainer.divergence.generator_loss(trainer.discriminator, batch)
+    for (name, _), g in zip(enc_dec, torch.autograd.grad(g_loss, [p for _, p in enc_dec])):
+        assert bool(g.any()), f"the encoder/decoder loss sent no gradient to {name}"
+    trainer.discriminator.requires_grad_(True)
+
+    remove_adversarial_term(trainer)
+    for lambda_x, lambda_z in ((1.0, 0.0), (0.0, 1.0), (2.0, 0.5)):
+        trainer.divergence.lambda_x, trainer.divergence.lambda_z = lambda_x, lambda_z
+        torch.manual_seed(11)
+        batch = JointBatch(sample_data(256), trainer.encoder, trainer.decoder, D_Z, sample_x=True)
+        g_loss, _ = trainer.divergence.generator_loss(trainer.discriminator, batch)
+        got = torch.autograd.grad(g_loss, [p for _, p in enc_dec], retain_graph=True)
+        want = torch.autograd.grad(_hand_reconstruction_loss(trainer, batch, lambda_x, lambda_z), [p for _, p in enc_dec])
+        for (name, _), g, w in zip(enc_dec, got, want):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12, msg=lambda m: f"lambda=({lambda_x}, {lambda_z}) {name}: {m}")
+        if lambda_z == 0.0:  # log p(x|z_q) alone: the decoder's density and the encoder through z_q, both non-zero
+            assert all(bool(g.any()) for g in got)
+
+
+def test_trained_quadratic_joint_critic_estimates_skl(plugin, float64):
+    """Encoder and decoder frozen at the true parameters, only a one-head quadratic critic trained
+    on the joint critic's loss: the skl diagnostic comes within 10% of KL(q||p) + KL(p||q), and the
+    head learned T* = log q(x,z) - log p(x,z)."""
+    trainer = joint_trainer(discriminator="quadratic", optim={"disc_lr": 0.03, "betas": [0.9, 0.999]})
+    assert trainer.discriminator.head.out_features == 1
+    train_discriminator_alone(trainer)
+    disc = trainer.discriminator
+
+    cf = truth(trainer)
+    with torch.no_grad():
+        batch = JointBatch(sample_data(1 << 17), trainer.encoder, trainer.decoder, D_Z, sample_x=True)
+        _, terms = trainer.divergence.generator_loss(disc, batch)
+    estimate = float(terms["skl"])
+    assert abs(estimate - cf["skl"]) < 0.10 * cf["skl"], f"skl estimate {estimate:.4f} vs closed form {cf['skl']:.4f}"
+    for name in ("kl_qp", "kl_pq"):  # each direction too
+        assert abs(float(terms[name]) - cf[name]) < 0.10 * cf[name], f"{name} {float(terms[name]):.4f} vs closed form {cf[name]:.4f}"
+
+    oracle = joint_trainer().discriminator
+    with torch.no_grad():
+        for x, z in ((batch.x, batch.z_q), (batch.x_p, batch.z_p)):
+            learned, optimal = disc(x, z), oracle(x, z)
+            rmse, spread = (learned - optimal).pow(2).mean(0).sqrt(), optimal.std(0)
+            assert bool((rmse < 0.1 * spread).all()), f"learned logit off by {rmse.tolist()} (spread {spread.tolist()})"
+
+
+# ------------------------------------------------------------------------------------------------
+# The critic option in configs.
+
+SMALL = {"encoder.hidden": [32], "decoder.hidden": [32], "discriminator.hidden": [32, 16], "latent_dim": 4, "batch_size": 16}
+
+
+def test_joint_critic_builds_one_head_and_fits():
+    """``divergence.critic: joint`` gives a one-head discriminator and trains; the default stays two-head."""
+    trainer = asvae_kit.build("mlp-asvae", **{"divergence.critic": "joint"}, steps=2)
+    assert trainer.divergence.num_heads == 1 and trainer.num_heads == 1
+    assert trainer.discriminator.head.out_features == 1
+    trainer.fit(progress=False)
+    assert trainer.step == 2
+    row = trainer.history[-1]
+    assert {"d_loss", "g_loss", "skl", "kl_qp", "kl_pq", "log_px", "log_qz"} <= set(row)
+    assert all(math.isfinite(v) for v in row.values()), row
+    assert asvae_kit.build_component("divergence", "asvae").num_heads == 2
+    assert asvae_kit.describe("asvae", "divergence")["config"]["critic"] == "two-head"
+
+
+def test_joint_critic_train_step_moves_each_network():
+    """The discriminator step moves the critic only, the encoder/decoder step moves the encoder and
+    the decoder only, and a whole train_step moves all three."""
+    trainer = asvae_kit.build("mlp-asvae", **{"divergence.critic": "joint"}, **SMALL)
+
+    def snapshot():
+        return [{n: p.detach().clone() for n, p in m.named_parameters()} for m in (trainer.encoder, trainer.decoder, trainer.discriminator)]
+
+    def moved(before):
+        return [any(not torch.equal(before[i][n], p.detach()) for n, p in m.named_parameters())
+                for i, m in enumerate((trainer.encoder, trainer.decoder, trainer.discriminator))]
+
+    torch.manual_seed(12)
+    x = torch.rand(16, 1, 8, 8, device=trainer.device)
+    before = snapshot()
+    batch = trainer.algorithm.make_batch(x)
+    trainer.algorithm.discriminator_step(batch)
+    assert moved(before) == [False, False, True]
+    before = snapshot()
+    trainer.algorithm.generator_step(batch)
+    assert moved(before) == [True, True, False]
+    before = snapshot()
+    terms = trainer.train_step(x)
+    assert moved(before) == [True, True, True]
+    assert all(math.isfinite(float(v)) for v in terms.values())
+
+
+@pytest.mark.parametrize("critic, suggestion", [("join", "joint"), ("two_head", "two-head"), ("ali", None), (2, None)])
+def test_a_bad_critic_is_refused_naming_the_choices(critic, suggestion):
+    with pytest.raises(ConfigError) as info:
+        asvae_kit.build("mlp-asvae", **{"divergence.critic": critic}, **SMALL)
+    message = str(info.value)
+    assert f"critic {critic!r}" in message and "two-head, joint" in message, message
+    if suggestion is not None:
+        assert f"Did you mean {suggestion!r}?" in message, message
+
+
+def test_analytic_kl_is_refused_with_the_joint_critic():
+    with pytest.raises(ConfigError, match=r"analytic_kl=true needs critic='two-head'"):
+        asvae_kit.build_component("divergence", "asvae", critic="joint", analytic_kl=True)
+    assert asvae_kit.build_component("divergence", "asvae", analytic_kl=True).num_heads == 2
