@@ -109,16 +109,22 @@ class AlgorithmStep:
         return torch.autocast(self.device_type, dtype=self.amp_dtype, cache_enabled=self.graph is None)
 
     def state_dict(self) -> dict[str, Any]:
-        """The optimizers' and loss scalers' state (scalers: empty unless precision is "16-mixed")."""
+        """The optimizers' and loss scalers' state (scalers: empty unless precision is "16-mixed")
+        and the weight average's update count (its warm-up; ``None`` without ``ema``)."""
         return {
             "gen_optimizer": self.gen_optimizer.state_dict(),
             "disc_optimizer": self.disc_optimizer.state_dict() if self.disc_optimizer is not None else None,
             "scalers": {name: scaler.state_dict() for name, scaler in self.scalers.items()},
+            "ema_updates": self.ema.updates if self.ema is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` saved; a captured graph is dropped (the optimizers' state
-        tensors are new) and captured again."""
+        tensors are new) and captured again.  A checkpoint from before the EMA warm-up has no
+        update count: its average was kept at the full decay, and goes on at it."""
+        if self.ema is not None:
+            updates = state.get("ema_updates")
+            self.ema.updates = int(updates) if updates is not None else self.ema.warm_count
         load_optimizer_state(self.gen_optimizer, state["gen_optimizer"])
         if self.disc_optimizer is not None and state.get("disc_optimizer") is not None:
             load_optimizer_state(self.disc_optimizer, state["disc_optimizer"])
@@ -192,7 +198,7 @@ class AlgorithmStep:
             params = [p for group in self.gen_optimizer.param_groups for p in group["params"]]
             self._update("gen", self.gen_optimizer, g_loss, params, self.config["optim"]["clip_grad_norm"])
             if self.ema is not None:
-                self.ema.update(self.graph.ema_weight(self.ema.decay) if self.recording else None)  # type: ignore[union-attr]
+                self.ema.update(self.graph.ema_weight() if self.recording else None)  # type: ignore[union-attr]
         finally:
             if self.discriminator is not None:
                 self.discriminator.requires_grad_(True)

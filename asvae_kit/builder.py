@@ -79,7 +79,10 @@ def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer
     if config["data"].get("name") is not None:
         entry = config["data"]
         factory = get_registry().get("dataset", entry["name"]).factory
-        data = ConfiguredData(entry, config["holdout"], lambda e: build_entry("dataset", e), factory, full=dataset)
+        data = ConfiguredData(
+            entry, config["holdout"], lambda e: build_entry("dataset", e), factory, full=dataset,
+            val_fraction=config["val_fraction"], val_max=config["val_max"],
+        )
     algorithm = AlgorithmStep(
         encoder=encoder, decoder=decoder, discriminator=discriminator, divergence=divergence, gen_optimizer=gen_optimizer,
         disc_optimizer=disc_optimizer, config=config, dist=dist, guard=DivergenceGuard(config["diverge_factor"]),
@@ -127,6 +130,10 @@ def load(run_dir: str | os.PathLike, /, **overrides: Any) -> Trainer:
         # Runs from before held-out splits trained on all of a data set without a test split:
         # nothing of it is held out, so evaluating them on "test" is refused, not faked.
         config.setdefault("holdout", 0.0)
+        # Runs from before validation slices trained on all of their training split: no
+        # validation slice (evaluating them on "val" is refused), and "train" is what they trained on.
+        config.setdefault("val_fraction", 0.0)
+        config.setdefault("val_max", None)
     for key in overrides:
         if key not in LOAD_OVERRIDES and not key.startswith("data."):
             allowed = ", ".join(LOAD_OVERRIDES)

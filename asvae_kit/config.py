@@ -21,7 +21,7 @@ from .checks import check_bool, check_int, check_number, is_int, is_number
 from .errors import ConfigError
 from .names import KINDS, article, did_you_mean
 from .plugin_manager import get_registry
-from .registry import check_config_keys
+from .registry import check_config_keys, check_metric_options
 
 __all__ = ["COMPONENT_KINDS", "DEFAULTS", "OPTIM_DEFAULTS", "resolve_config", "apply_overrides", "parse_value", "parse_spec", "parse_metric", "validate_config", "SCHEDULES", "load_config_file"]
 
@@ -64,6 +64,8 @@ DEFAULTS: dict[str, Any] = {
     "metrics": ["recon", "nll", "fd", "skl", "probe"],
     "eval_size": 1000,
     "holdout": 0.1,
+    "val_fraction": 0.1,
+    "val_max": 5000,
     "diverge_factor": 1000.0,
     "keep_checkpoints": 2,
     "loggers": ["csv"],
@@ -207,6 +209,12 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         config["holdout"], "config 'holdout'", low=0, high=1,
         expected="the fraction of a data set without a test split kept out of training for evaluation, a number in [0, 1)",
     )
+    check_number(
+        config["val_fraction"], "config 'val_fraction'", low=0, high=1,
+        expected="the fraction of the training split kept out of training as the validation slice, a number in [0, 1) (e.g. 0.1; 0: none)",
+    )
+    if config["val_max"] is not None:
+        check_int(config["val_max"], "config 'val_max'", hint=" (the most images of the validation slice, e.g. 5000; or null for no cap)")
 
     optim = config["optim"]
     if not isinstance(optim, dict):
@@ -240,7 +248,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         entry["name"] = component.name  # aliases resolve to the registered name
         check_config_keys(component, {k: v for k, v in entry.items() if k != "name"}, allow_context=False)
     for spec in config["metrics"]:
-        registry.get("metric", parse_metric(spec)["name"])
+        entry = parse_metric(spec)
+        check_metric_options(registry.get("metric", entry["name"]), {k: v for k, v in entry.items() if k != "name"})
     seen: set[str] = set()
     for i, spec in enumerate(config["loggers"]):
         entry = parse_spec(spec, "logger")

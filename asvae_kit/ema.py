@@ -1,15 +1,25 @@
 """An exponential moving average (EMA) of the encoder's and decoder's weights.
 
 With ``ema = decay`` in the config, every encoder/decoder update is followed by
-``average = decay * average + (1 - decay) * weights``.  Samples, reconstructions, evaluation and
-the weights a run exposes (``model.safetensors``'s ``encoder.*``/``decoder.*``) use the average;
-training goes on from the raw weights, which the checkpoint keeps too (``train.encoder.*``...), so
-resuming is exact.  Averaged weights are a standard lever for adversarial sample quality.
+``average = d_t * average + (1 - d_t) * weights`` with a warm-up: the decay at update ``t``
+(``t`` = the number of updates so far, 0 for the first) is ``d_t = min(decay, (1 + t) / (10 + t))``.
+The first update moves the average 90% of the way to the weights, and the decay reaches
+``decay`` after about ``(10 * decay - 1) / (1 - decay)`` updates (8991 for 0.999), so the average
+forgets its random initialisation instead of carrying it for thousands of steps.  The update count
+is checkpointed with the run (``AlgorithmStep.state_dict``), so a resumed run warms up exactly
+as an unbroken one.
+
+Samples, reconstructions, evaluation (but for metrics that read the discriminator; see
+``asvae_kit.evaluation``) and the weights a run exposes (``model.safetensors``'s
+``encoder.*``/``decoder.*``) use the average; training goes on from the raw weights, which the
+checkpoint keeps too (``train.encoder.*``...), so resuming is exact.  Averaged weights are a
+standard lever for adversarial sample quality.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator
 
 import torch
@@ -27,7 +37,25 @@ class EMA:
     def __init__(self, modules: dict[str, nn.Module], decay: float) -> None:
         self.modules, self.decay = modules, float(decay)
         self.average = {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
+        #: updates made so far (t); ``update()`` counts its own, a CUDA graph's caller counts its replays
+        self.updates = 0
         self._depth = 0
+
+    def decay_at(self, t: int) -> float:
+        """The decay of update number ``t`` (0 for the first): ``min(decay, (1 + t) / (10 + t))``."""
+        return min(self.decay, (1.0 + t) / (10.0 + t))
+
+    def next_weight(self) -> float:
+        """How far the next update moves the average towards the weights: ``1 - decay_at(updates)``."""
+        return 1.0 - self.decay_at(self.updates)
+
+    @property
+    def warm_count(self) -> int:
+        """The first update count at which the decay is ``decay`` itself (the warm-up is over)."""
+        t = max(0, math.ceil((10.0 * self.decay - 1.0) / (1.0 - self.decay) - 1e-6))
+        while self.decay_at(t) < self.decay:
+            t += 1
+        return t
 
     @property
     def swapped(self) -> bool:
@@ -36,9 +64,13 @@ class EMA:
 
     @torch.no_grad()
     def update(self, weight: torch.Tensor | None = None) -> None:
-        """Move the average towards the current weights (integer buffers are copied).  ``weight``:
-        the step's size as a device tensor (a CUDA graph's, which may be 0), else ``1 - decay``."""
-        step = 1.0 - self.decay if weight is None else weight
+        """Move the average towards the current weights (integer buffers are copied).
+
+        Without ``weight`` the step is ``next_weight()`` (the warmed-up ``1 - d_t``) and the update
+        is counted.  ``weight`` is the step as a device tensor that a CUDA graph reads (it may be
+        0, for a skipped step); the graph's owner writes ``next_weight()`` into it on the host
+        before each replay and counts the replays (``StepGraph``), since a replay runs no Python."""
+        step = self.next_weight() if weight is None else weight
         for name, module in self.modules.items():
             average = self.average[name]
             for k, v in module.state_dict().items():
@@ -46,6 +78,8 @@ class EMA:
                     average[k].lerp_(v, step)
                 else:
                     average[k].copy_(v)
+        if weight is None:
+            self.updates += 1
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:

@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "UnsupportedShapeError",
     "DataError",
+    "NotHeldOutError",
     "CheckpointError",
     "RunDirectoryError",
     "TrainingDivergedError",
@@ -87,6 +88,11 @@ class UnsupportedShapeError(AsvaeKitError, ValueError):
 
 class DataError(AsvaeKitError, ValueError):
     """Data that cannot be used: missing files, bad checksums, wrong range, NaN."""
+
+
+class NotHeldOutError(DataError):
+    """Evaluation on a split that is not known to be held out from what the model trained on: after
+    ``fit(data=...)``, the configured data set's ``val`` and ``test`` splits (pass ``data=``)."""
 
 
 class CheckpointError(AsvaeKitError, ValueError):

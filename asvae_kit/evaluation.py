@@ -4,9 +4,21 @@ A metric (docs/design.md §2) is ``fn(trainer, data) -> dict[str, float]``, ``da
 tensor ``[N, C, H, W]`` on the trainer's device.  A metric may also take, by keyword:
 
 - ``labels``: the images' integer labels (or ``None`` when the data has none);
-- ``split``: ``"test"`` or ``"train"``, the split ``data`` came from;
+- ``split``: ``"train"``, ``"val"`` or ``"test"``, the split ``data`` came from;
 - options of its own with defaults (``k=1000`` for ``nll``), set per call as ``"nll:k=100"`` or
-  ``{"name": "nll", "k": 100}``.
+  ``{"name": "nll", "k": 100}``.  A metric that draws random numbers takes ``seed`` (default 0).
+
+How a metric runs, so that its numbers can be trusted:
+
+- its options are checked before any metric runs (and when the config is validated), by
+  ``asvae_kit.registry.check_metric_options``;
+- under ``torch.no_grad``, with every network in eval mode, each module's mode restored after;
+- under its own forked RNG (CPU, and the trainer's CUDA device when it has one), seeded with its
+  ``seed`` option (0 for a metric without one): the same run evaluates to the same numbers every
+  time, and evaluating in the middle of training leaves training's random numbers untouched;
+- with the weights its factory's ``weights`` attribute names: ``"average"`` (the default: the
+  EMA average when the run keeps one) or ``"raw"`` (the training weights, for metrics that read
+  the discriminator, which was trained against them: ``skl`` and ``objective``).
 
 A metric that does not apply to a model (``nll`` of an implicit encoder, ``skl`` without a
 two-sided discriminator, ``probe`` without labels) raises ``MetricNotApplicable``: asked for by
@@ -15,20 +27,22 @@ name, that is an error; as part of the default set, it becomes a note beside the
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 
+from .checks import is_int
 from .config import parse_metric
 from .data import check_images, images_and_labels
-from .errors import AsvaeKitError, ConfigError
-from .names import did_you_mean
+from .errors import AsvaeKitError
 from .plugin_manager import get_registry
-from .registry import metric_options
+from .registry import check_metric_options, metric_options, metric_weights
+from .splits import check_split
 
-__all__ = ["MetricNotApplicable", "Evaluation", "evaluate"]
+__all__ = ["MetricNotApplicable", "Evaluation", "evaluate", "seeded"]
 
 
 class MetricNotApplicable(AsvaeKitError, ValueError):
@@ -38,8 +52,9 @@ class MetricNotApplicable(AsvaeKitError, ValueError):
 class Evaluation(dict):
     """Metric values by name, plus what they were computed on.
 
-    Attributes: ``split`` ("test" or "train"), ``source`` (a sentence naming the images),
-    ``n_images``, and ``notes`` (metric name -> why it was skipped).
+    Attributes: ``split`` ("train", "val" or "test"), ``source`` (a sentence naming the split, its
+    images and how many of them were evaluated), ``n_images`` (how many were evaluated), and
+    ``notes`` (metric name -> why it was skipped).
     """
 
     def __init__(self, values: Mapping[str, float], *, split: str, source: str, n_images: int, notes: Mapping[str, str]) -> None:
@@ -50,11 +65,31 @@ class Evaluation(dict):
         return {"split": self.split, "source": self.source, "n_images": self.n_images, "metrics": dict(self), "notes": self.notes}
 
 
-def _call(fn: Callable[..., Any], trainer: Any, images: torch.Tensor, options: dict[str, Any], supplied: dict[str, Any], name: str) -> dict[str, float]:
-    known, accepts_any = metric_options(fn)
-    for key in options:
-        if key not in known and not accepts_any:
-            raise ConfigError(f"metric {name!r} has no option {key!r}.{did_you_mean(key, known)} Its options: {', '.join(known) or 'none'}.")
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device | None = None) -> Iterator[None]:
+    """torch's global RNG forked for the duration (the CPU's, and ``device``'s when it is a CUDA
+    device) and seeded with ``seed`` (``None``: forked only); put back as it was after."""
+    cuda = device is not None and device.type == "cuda"
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None  # type: ignore[union-attr]
+    with torch.random.fork_rng(devices=[index] if cuda else [], device_type="cuda"):
+        if seed is not None:
+            torch.default_generator.manual_seed(seed)
+            if cuda:
+                with torch.cuda.device(index):
+                    torch.cuda.manual_seed(seed)
+        yield
+
+
+def _seed(fn: Callable[..., Any], options: Mapping[str, Any]) -> int:
+    """The seed a metric runs under: its ``seed`` option, else its default for it, else 0."""
+    if "seed" in options:
+        return int(options["seed"])
+    default = metric_options(fn)[0].get("seed")
+    return int(default) if is_int(default) else 0
+
+
+def _call(fn: Callable[..., Any], trainer: Any, images: torch.Tensor, options: dict[str, Any], supplied: dict[str, Any]) -> dict[str, float]:
+    _, accepts_any = metric_options(fn)
     try:
         params = inspect.signature(fn).parameters
         takes = {k: v for k, v in supplied.items() if k in params or accepts_any}
@@ -72,31 +107,45 @@ def evaluate(
 ) -> Evaluation:
     """Run ``metrics`` (default the config's) on up to ``eval_size`` images of ``split`` (or of ``data``).
 
-    ``split`` is ``"test"`` (the data set's test split, or the held-out slice training never sees)
-    or ``"train"``.  Returns an ``Evaluation``: the values, with ``.split``, ``.source``,
-    ``.n_images`` and ``.notes`` (metrics that did not apply, and why).  ``report`` is told how
-    long each metric took."""
+    ``split`` is ``"test"`` (the data set's test split, or the held-out test slice training never
+    sees: for final numbers), ``"val"`` (the validation slice of the training split, which
+    training never sees either: for tuning) or ``"train"``.  Returns an ``Evaluation``: the
+    values, with ``.split``, ``.source``, ``.n_images`` and ``.notes`` (metrics that did not
+    apply, and why).  ``report`` is told how long each metric took.  The global RNG and the
+    networks' train/eval modes are as they were afterwards."""
+    check_split(split)
     explicit = metrics is not None
     specs = trainer.config["metrics"] if metrics is None else ([metrics] if isinstance(metrics, (str, Mapping)) else list(metrics))
-    entries = [parse_metric(s) for s in specs]
     registry = get_registry()
-    fns = [(e["name"], registry.get("metric", e["name"]).factory, {k: v for k, v in e.items() if k != "name"}) for e in entries]
+    runs = []
+    for spec in specs:  # every name and option is checked before any metric runs
+        entry = parse_metric(spec)
+        component = registry.get("metric", entry["name"])
+        options = check_metric_options(component, {k: v for k, v in entry.items() if k != "name"})
+        runs.append((entry["name"], component.factory, options, metric_weights(component.factory, component.name)))
     if data is None:
-        chosen = trainer.split_data(split)
+        chosen = trainer.split_data(split)  # refuses val/test when training read other data (fit(data=...))
         source, dataset = chosen.source, chosen.dataset
     else:
         source, dataset = "the data passed to evaluate()", data
-    images, labels = images_and_labels(dataset, trainer.config["eval_size"])
+    eval_size = trainer.config["eval_size"]
+    with seeded(None, trainer.device):  # a data set with random transforms draws here
+        images, labels = images_and_labels(dataset, eval_size)
     images = check_images(images, f"evaluation data ({source})", trainer.data_shape).to(trainer.device)
+    total = len(dataset) if hasattr(dataset, "__len__") else None
+    if data is not None:
+        source = f"{source} ({total if total is not None else len(images)} images)"
+    if total is not None and len(images) < total:
+        source = f"{source}; the first {len(images)} of them evaluated (eval_size={eval_size})"
     supplied = {"labels": labels, "split": split}
     values: dict[str, float] = {}
     notes: dict[str, str] = {}
-    trainer.eval_mode()
-    with torch.no_grad(), trainer.averaged():  # the EMA weights, when the run keeps them
-        for name, fn, options in fns:
+    with trainer.evaluating(), torch.no_grad():
+        for name, fn, options, weights in runs:
             started = time.perf_counter()
             try:
-                values.update(_call(fn, trainer, images, options, supplied, name))
+                with seeded(_seed(fn, options), trainer.device), trainer.weights(weights):
+                    values.update(_call(fn, trainer, images, options, supplied))
             except MetricNotApplicable as exc:
                 if explicit:
                     raise

@@ -136,10 +136,29 @@ def register_metrics(register: RegisterFn) -> None:
 
     Factory: ``fn(trainer, data, **options) -> dict[str, float]`` where ``data`` is an image
     tensor ``[N, C, H, W]`` on the trainer's device.  It may also take, by keyword, ``labels``
-    (the images' integer labels, or ``None``) and ``split`` (``"test"`` or ``"train"``); its other
-    keyword parameters, with defaults, are options (``"nll:k=100"``).  A metric that does not
-    apply to a model raises ``asvae_kit.evaluation.MetricNotApplicable``.
+    (the images' integer labels, or ``None``) and ``split`` (``"train"``, ``"val"`` or
+    ``"test"``); its other keyword parameters, with defaults, are options (``"nll:k=100"``),
+    checked against the signature when the config is validated and again by ``evaluate``.  A
+    metric that does not apply to a model raises ``asvae_kit.evaluation.MetricNotApplicable``.
     ``Trainer.evaluate`` merges the dicts.
+
+    It runs under ``torch.no_grad``, with every network in eval mode, and under its own fork of
+    torch's global RNG (CPU, and the trainer's CUDA device), seeded with its ``seed`` option, or
+    with 0 when it has none.  So a metric that draws random numbers should take ``seed: int = 0``
+    (users then vary it as ``"my-metric:seed=1"``) and may draw from the global RNG
+    (``torch.randn``, ``.rsample()``): it gives the same numbers every time, and evaluating in the
+    middle of training leaves training's random numbers as they were.
+
+    Weights: by default a metric sees the EMA average of the encoder and decoder (config ``ema``)
+    when the run keeps one.  A metric that reads the discriminator must see the raw training
+    weights it was trained against instead; it says so with an attribute on the function, read
+    when the plugin registers it (any other value makes the plugin fail to load)::
+
+        def my_critic_metric(trainer, data, *, seed=0): ...
+        my_critic_metric.weights = "raw"   # "average" (the default) or "raw"
+
+    Inside it, ``trainer.encoder``/``trainer.decoder`` and ``trainer.sample``/``encode``/
+    ``reconstruct`` all use the raw weights.  The built-in ``skl`` and ``objective`` do this.
 
     Example: ``register("pixel-mean", lambda trainer, data: {"pixel_mean": data.mean().item()})``.
     """

@@ -30,10 +30,47 @@ class Inference:
     data_shape: tuple[int, int, int]
     device: torch.device
     ema: Any = None  # an ``asvae_kit.ema.EMA`` when the run averages its weights
+    _raw_weights = False  # inside ``weights("raw")``: ``averaged()`` keeps the training weights
 
     def averaged(self) -> ContextManager[None]:
-        """The weights inference uses for the duration: the EMA average when the run keeps one."""
-        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+        """The weights inference uses for the duration: the EMA average when the run keeps one
+        (and the raw training weights inside ``weights("raw")``)."""
+        if self.ema is None or self._raw_weights:
+            return contextlib.nullcontext()
+        return self.ema.applied()
+
+    @contextlib.contextmanager
+    def weights(self, which: str = "average") -> Iterator[None]:
+        """``"average"``: the same as ``averaged()``.  ``"raw"``: the training weights for the
+        duration, for the encoder and decoder called directly and through ``sample``/``encode``/
+        ``reconstruct`` alike (what a discriminator-based metric needs: the weights the
+        discriminator was trained against)."""
+        if which == "average":
+            with self.averaged():
+                yield
+            return
+        if which != "raw":
+            raise ValueError(f"weights(which) is 'average' or 'raw', got {which!r}")
+        if self.ema is not None and self.ema.swapped:
+            raise RuntimeError("weights('raw') inside trainer.averaged(): the modules hold the average; leave averaged() first")
+        previous, self._raw_weights = self._raw_weights, True
+        try:
+            yield
+        finally:
+            self._raw_weights = previous
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Every network in eval mode for the duration; after it, each module (submodules
+        included) is back in the mode it was in, so inference in the middle of training changes
+        nothing of it (dropout, instance noise, batch statistics)."""
+        modes = [(m, m.training) for _, network in self.networks() for m in network.modules()]
+        self.eval_mode()
+        try:
+            yield
+        finally:
+            for module, mode in modes:
+                module.training = mode
 
     def networks(self) -> Iterator[tuple[str, nn.Module]]:
         """``(name, module)`` for each network present (the discriminator only when trained)."""
@@ -43,7 +80,8 @@ class Inference:
                 yield name, module
 
     def eval_mode(self) -> None:
-        """Put every network in eval mode (``fit`` switches them back to train mode each step)."""
+        """Put every network in eval mode (``fit`` switches them back to train mode each step;
+        ``evaluating()`` restores the modes it found)."""
         for _, module in self.networks():
             module.eval()
 
@@ -51,8 +89,7 @@ class Inference:
     def sample(self, n: int, *, seed: int | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
         """``n`` images ``[n, C, H, W]`` (the decoder's mean at z ~ p(z)); ``seed`` makes them repeatable."""
         check_int(n, "sample(n): n", error=ValueError)
-        self.eval_mode()
-        with self.averaged():
+        with self.evaluating(), self.averaged():
             return self._decode(n, seed, z)
 
     def _decode(self, n: int, seed: int | None, z: torch.Tensor | None) -> torch.Tensor:
@@ -84,13 +121,11 @@ class Inference:
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The posterior mean E[z|x], ``[B, latent_dim]``."""
-        self.eval_mode()
-        with self.averaged():
+        with self.evaluating(), self.averaged():
             return self.encoder(self._as_input(x)).mean
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """decoder(encode(x)).mean, ``[B, C, H, W]``."""
-        self.eval_mode()
-        with self.averaged():
+        with self.evaluating(), self.averaged():
             return self.decoder(self.encoder(self._as_input(x)).mean).mean

@@ -22,9 +22,9 @@ from typing import Any, Callable
 import pluggy
 
 from . import __version__, hookspecs
-from .errors import PluginError
+from .errors import ConfigError, PluginError
 from .names import is_valid_name
-from .registry import ComponentEntry, PluginRecord, Registry
+from .registry import ComponentEntry, PluginRecord, Registry, metric_weights
 
 __all__ = [
     "get_registry",
@@ -106,6 +106,11 @@ def _collect(pm: pluggy.PluginManager, plugin_name: str, record: PluginRecord) -
                         )
                 if not callable(factory):
                     raise PluginError(f"plugin {plugin_name!r} registered {_kind} {name!r} with a factory that is not callable: {factory!r}")
+                if _kind == "metric":
+                    try:
+                        metric_weights(factory, name)
+                    except ConfigError as exc:
+                        raise PluginError(f"plugin {plugin_name!r}: {exc}") from None
                 staged.append(
                     ComponentEntry(
                         kind=_kind,

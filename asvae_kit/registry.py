@@ -22,14 +22,21 @@ __all__ = [
     "check_config_keys",
     "factory_config_defaults",
     "metric_options",
+    "check_metric_options",
+    "metric_weights",
     "CONTEXT_KEYS",
     "METRIC_SUPPLIED",
+    "METRIC_WEIGHTS",
 ]
 
 #: Keyword arguments the builder supplies to factories; not config keys a user sets.
 CONTEXT_KEYS = ("data_shape", "latent_dim", "num_heads")
 #: Keyword arguments evaluation supplies to a metric besides ``(trainer, data)``; never its options.
 METRIC_SUPPLIED = ("labels", "split")
+#: The weights a metric may ask to be evaluated with (its factory's ``weights`` attribute):
+#: ``"average"`` (the default: the EMA average when the run keeps one) or ``"raw"`` (the
+#: training weights, which the discriminator was trained against).
+METRIC_WEIGHTS = ("average", "raw")
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,36 @@ def metric_options(fn: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
         elif p.kind is not p.VAR_POSITIONAL and p.name not in METRIC_SUPPLIED:
             options[p.name] = None if p.default is p.empty else p.default
     return options, accepts_any
+
+
+def check_metric_options(entry: ComponentEntry, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` when the metric of ``entry`` takes every one of them; ``ConfigError`` with a
+    did-you-mean otherwise.  A ``seed`` option must be a non-negative integer.  The one check
+    for metric options, run when a config is validated and again when ``evaluate`` is called."""
+    known, accepts_any = metric_options(entry.factory)
+    for key in options:
+        if key not in known and not accepts_any:
+            raise ConfigError(
+                f"metric {entry.name!r} has no option {key!r}.{did_you_mean(key, known)} Its options: {', '.join(known) or 'none'}."
+            )
+    if "seed" in options:
+        from .checks import check_int
+
+        check_int(options["seed"], f"metric {entry.name!r}: seed", minimum=0)
+    return options
+
+
+def metric_weights(fn: Callable[..., Any], name: str | None = None) -> str:
+    """``"average"`` or ``"raw"``: the weights the metric ``fn`` is evaluated with, read from its
+    ``weights`` attribute (``"average"`` when it has none); ``ConfigError`` for any other value."""
+    weights = getattr(fn, "weights", "average")
+    if weights not in METRIC_WEIGHTS:
+        what = f"metric {name!r}" if name else f"metric {getattr(fn, '__name__', fn)!r}"
+        raise ConfigError(
+            f"{what} sets weights = {weights!r}; it must be 'average' (the EMA average, the default) or 'raw' "
+            "(the training weights the discriminator was trained against)"
+        )
+    return weights
 
 
 class Registry:
@@ -197,6 +234,7 @@ class Registry:
             info["config"] = entry.factory()
         elif entry.kind == "metric":
             info["config"], info["accepts_extra_config"] = metric_options(entry.factory)
+            info["weights"] = metric_weights(entry.factory, entry.name)
         return info
 
     def build(self, kind: str, name: str, **config: Any) -> Any:

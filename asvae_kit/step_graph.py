@@ -22,7 +22,10 @@ The divergence guard cannot stop a graph half-way, so the body does its test on 
 loss that is NaN, infinite or above the guard's current limit sets a flag that makes the fused
 Adam steps skip (``found_inf``, as a loss scaler does) and holds the weight average still.  After
 the replay the host reads the losses and raises ``TrainingDivergedError`` as an eager step would,
-with the weights as they were before the step.
+with the weights as they were before the step.  Values that change from step to step without
+being a tensor of the step (the guard's limits, the weight average's warmed-up step
+``EMA.next_weight()``) live in small device tensors that the host rewrites before each replay;
+the host also counts each replayed step's weight-average update, which the graph cannot.
 
 Where capture cannot work the step runs eagerly and one ``GraphCaptureWarning`` says why: no CUDA
 device, ``16-mixed`` precision (its loss scaler reads overflow flags on the host), data
@@ -157,6 +160,7 @@ class StepGraph:
         self._layout: tuple[list[tuple[str, list[str]]], list[str]] = ([], [])
         self.skip: torch.Tensor | None = None  # 1.0 once a loss of the step is divergent
         self._limits: dict[str, tuple[torch.Tensor, float]] = {}
+        self._ema_step: tuple[torch.Tensor, float] | None = None  # the weight average's step, as the graph reads it
 
     # -- the step ------------------------------------------------------------------------------
     def step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -186,9 +190,10 @@ class StepGraph:
             return eager(x)
         self._static_x.copy_(x)
         self._refresh_limits()
+        self._refresh_ema_step()
         self._replay()
         self.replays += 1
-        return self._results(self._static_out)
+        return self._counted(self._results(self._static_out))
 
     @staticmethod
     def _signature(x: torch.Tensor | None) -> tuple[Any, ...]:
@@ -199,6 +204,7 @@ class StepGraph:
         self.rehearsed = True
         self._static_x = x.clone()
         self.skip = torch.zeros((), dtype=torch.float32, device=x.device)
+        self._refresh_ema_step()
         with self.backend.warmup(), self.backend.sync_check() as syncs:
             out = self._recording(self._body)
         if syncs:
@@ -212,7 +218,7 @@ class StepGraph:
                 GraphCaptureWarning, stacklevel=3,
             )
         try:
-            return self._results(out)
+            return self._counted(self._results(out))
         finally:
             if self.disabled is not None:
                 self.reset()  # the static buffers are not needed any more
@@ -221,6 +227,7 @@ class StepGraph:
         """Record the step for batches like ``x``; a failure is an error (see ``GraphCaptureError``)."""
         assert self._static_x is not None  # the rehearsal's buffer, of x's shape
         self._static_x.copy_(x)
+        self._refresh_ema_step()
         for optimizer in (self.algorithm.gen_optimizer, self.algorithm.disc_optimizer):
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)  # gradients are then allocated in the graph's memory
@@ -308,7 +315,28 @@ class StepGraph:
             if fused:
                 del optimizer.found_inf  # type: ignore[attr-defined]
 
-    def ema_weight(self, decay: float) -> torch.Tensor:
-        """Inside the body: the weight average's step, 0 when ``skip`` is set."""
-        assert self.skip is not None
-        return (1.0 - self.skip) * (1.0 - decay)
+    def ema_weight(self) -> torch.Tensor:
+        """Inside the body: the weight average's step, 0 when ``skip`` is set.  The warmed-up step
+        (``EMA.next_weight``) changes from step to step, so it lives in a device tensor that the host
+        rewrites before each replay (``_refresh_ema_step``), as the guard's limits do."""
+        assert self.skip is not None and self.algorithm.ema is not None
+        if self._ema_step is None:  # first met in the rehearsal, which runs eagerly
+            written = self.algorithm.ema.next_weight()
+            self._ema_step = (torch.full((), written, device=self.skip.device), written)
+        return (1.0 - self.skip) * self._ema_step[0]
+
+    def _refresh_ema_step(self) -> None:
+        """Before a replay: write the weight average's step for this update where the graph reads it."""
+        if self._ema_step is not None and self.algorithm.ema is not None:
+            tensor, written = self._ema_step
+            value = self.algorithm.ema.next_weight()
+            if value != written:
+                tensor.fill_(value)
+                self._ema_step = (tensor, value)
+
+    def _counted(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """After a rehearsed or replayed step that passed the guard: count its weight-average update
+        (a replay runs no Python, so ``EMA.update`` cannot count it)."""
+        if self.algorithm.ema is not None:
+            self.algorithm.ema.updates += 1
+        return terms

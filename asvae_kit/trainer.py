@@ -22,7 +22,7 @@ from .algorithm import AlgorithmStep
 from .checks import check_int
 from .data import BatchStream, check_images, first_images
 from .distributed import DistContext, seed_replica_noise
-from .errors import CheckpointError, ConfigError, TrainingDivergedError
+from .errors import CheckpointError, ConfigError, NotHeldOutError, TrainingDivergedError
 from .ema import RAW_PREFIX
 from .evaluation import Evaluation, evaluate
 from .images import interleave_rows
@@ -33,6 +33,7 @@ from .progress import Progress, progress_mode
 from .rng import capture_rng, restore_rng
 from .rundir import CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, RunDirectory
 from .signals import StopSignals, TrainingStopped
+from .splits import check_split
 from .threads import warn_if_oversubscribed
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,6 +71,8 @@ class Trainer(Inference):
         self.gen_optimizer, self.disc_optimizer, self.ema = algorithm.gen_optimizer, algorithm.disc_optimizer, algorithm.ema
         self.loggers = Loggers(loggers)  # built from config['loggers']; open only while a writing fit() runs
         self.data = data  # the configured data set's splits; training sees only split_data("train")
+        #: fit(data=...) trained on other data, so the configured val/test splits are not held out from it
+        self.trained_on_fit_data = False
         self.step, self.log = 0, LossLog()
         self.run: RunDirectory | None = None
         self.run_id = uuid.uuid4().hex  # tags every checkpoint of this run (load keeps the saved one)
@@ -100,14 +103,24 @@ class Trainer(Inference):
     # -- data ----------------------------------------------------------------------------------
     @property
     def dataset(self) -> Any:
-        """The configured data set's training portion (its training split, or all of it less the
-        held-out slice that evaluation uses; see ``asvae_kit.splits``), built on first use."""
+        """The configured data set's ``"train"`` split: its training split less the validation
+        slice, or all of it less the held-out test and validation slices (``asvae_kit.splits``),
+        built on first use.  Training draws from it and from nothing else."""
         return self.split_data("train").dataset
 
     def split_data(self, split: str = "train") -> DataSplit:
-        """The ``"train"`` or ``"test"`` split of the configured data, with a sentence saying what it is."""
+        """The ``"train"``, ``"val"`` or ``"test"`` split of the configured data (``asvae_kit.splits``),
+        with a sentence saying what it is.  After ``fit(data=...)`` the ``"val"`` and ``"test"``
+        splits are refused: nothing says the data trained on left them out."""
+        check_split(split)
         if self.data is None:
             raise ConfigError("this trainer has no configured data (data=None); pass data to fit() or evaluate()")
+        if split != "train" and self.trained_on_fit_data:
+            raise NotHeldOutError(
+                f"this trainer was trained on data passed to fit(data=...), so the configured data set's {split!r} split "
+                f"({self.config['data']['name']}) is not known to be held out from what it trained on; pass held-out "
+                "images yourself: trainer.evaluate(data=held_out_images) (split='train' still reads the configured training split)"
+            )
         return self.data.split(split)
 
     # -- one step ------------------------------------------------------------------------------
@@ -134,6 +147,8 @@ class Trainer(Inference):
         if run_dir is not None:
             self._use_run_dir(run_dir)
         stream = self._batch_stream(data)
+        if data is not None and self.step < self.config["steps"]:
+            self.trained_on_fit_data = True  # checkpointed: evaluate() refuses the configured val/test splits from now on
         writes = self.run is not None and self.dist.is_main
         if self._recon_images is None or data is not None:
             source = self.dataset if data is None else data
@@ -209,8 +224,10 @@ class Trainer(Inference):
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self, metrics: Iterable[Any] | None = None, split: str = "test", data: Any = None) -> Evaluation:
         """The metrics (default ``config['metrics']``; ``"fd"``, ``"nll:k=100"`` or ``{"name": ...}``) on
-        up to ``eval_size`` images of ``split`` (``"test"``: held out from training; or ``"train"``)
-        or of ``data``; see ``asvae_kit.evaluation.evaluate``."""
+        up to ``eval_size`` images of ``split`` or of ``data``: ``"test"`` (held out from training,
+        for final numbers), ``"val"`` (the validation slice, held out too, for tuning) or
+        ``"train"``.  After ``fit(data=...)``, ``"val"`` and ``"test"`` raise ``NotHeldOutError``;
+        pass ``data=``.  See ``asvae_kit.evaluation.evaluate``."""
         return evaluate(self, metrics, split, data)
 
     # -- persistence ---------------------------------------------------------------------------
@@ -247,6 +264,7 @@ class Trainer(Inference):
             "rng": capture_rng(self.data_generator),
             "data_stream": self._stream.state_dict() if self._stream is not None else self._stream_state,
             "history": self.history,
+            "trained_on_fit_data": self.trained_on_fit_data,
         }
 
     def save(self, run_dir: str | os.PathLike | None = None) -> Path:
@@ -288,4 +306,5 @@ class Trainer(Inference):
         self._stream, self._stream_state = None, state.get("data_stream")
         seed_replica_noise(self.dist, self.config["seed"], self.step)  # the checkpoint holds rank 0's noise state
         self.log.history = list(state.get("history", []))
+        self.trained_on_fit_data = bool(state.get("trained_on_fit_data", False))
         self._last_saved_step = self.step

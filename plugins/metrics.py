@@ -3,9 +3,13 @@ torch-fidelity when it and its weights are present), and the older ``reconstruct
 ``elbo-bound`` and ``objective``.
 
 A metric is ``fn(trainer, data, **options) -> dict[str, float]`` with ``data`` an image tensor on
-the trainer's device (by default the held-out split: see ``asvae_kit.evaluation``); it runs under
+the trainer's device (by default the test split: see ``asvae_kit.evaluation``); it runs under
 ``torch.no_grad`` with the networks in eval mode.  One that does not apply to a model raises
-``MetricNotApplicable`` saying why.
+``MetricNotApplicable`` saying why.  Every metric that draws random numbers takes ``seed``
+(default 0): ``evaluate`` runs it under torch's global RNG forked and seeded with it, so it may
+draw from the global RNG and still give the same numbers every time.  ``skl`` and ``objective``
+read the discriminator, so they set ``weights = "raw"``: they see the training weights the
+discriminator was trained against, not the EMA average the others see.
 """
 
 from __future__ import annotations
@@ -80,13 +84,16 @@ def _repeat_posterior(trainer, x: torch.Tensor, posterior, k: int):
     return trainer.encoder(x.repeat(k, *([1] * (x.dim() - 1))))
 
 
-def nll(trainer, data: torch.Tensor, *, k: int = 1000, n: int = 256, batch: int = 4096) -> dict[str, float]:
+def nll(trainer, data: torch.Tensor, *, k: int = 1000, n: int = 256, batch: int = 4096, seed: int = 0) -> dict[str, float]:
     """Importance-weighted bound (IWAE, Burda et al. 2016) on -log p(x), nats per image, over the
     first ``n`` images with ``k`` samples of q(z|x) each: -log mean_k p(x|z_k) p(z_k) / q(z_k|x).
     It is an upper bound on the true NLL that tightens as ``k`` grows (k=1 is the one-sample
-    ELBO).  Also reports bits per dimension and the Monte Carlo standard error over images.
+    ELBO).  Also reports bits per dimension and ``nll_se``, the standard error of the estimate
+    over images: the standard deviation of the n per-image bounds divided by sqrt(n), i.e. how
+    far the mean would move on another n images (it includes each bound's sampling noise, but it
+    is not the importance-sampling error of one image's bound, which shrinks as ``k`` grows).
     With a Bernoulli decoder on grey-level pixels this is the usual Bernoulli NLL, comparable
-    between Bernoulli models only."""
+    between Bernoulli models only.  ``seed``: the samples of q(z|x) (``evaluate`` seeds with it)."""
     for key, value in (("k", k), ("n", n), ("batch", batch)):
         check_int(value, f"metric 'nll': {key}")
     data = data[:n]
@@ -114,9 +121,10 @@ def nll(trainer, data: torch.Tensor, *, k: int = 1000, n: int = 256, batch: int 
     return {"nll": mean, "nll_se": se, "nll_bits_per_dim": mean / (dims * math.log(2)), "nll_k": float(k), "nll_n": float(len(values))}
 
 
-def elbo_bound(trainer, data: torch.Tensor) -> dict[str, float]:
+def elbo_bound(trainer, data: torch.Tensor, *, seed: int = 0) -> dict[str, float]:
     """The single-sample ELBO E_q[log p(x|z)] - KL(q(z|x)||p(z)) in nats per image; only for
-    encoders with a closed-form KL (empty for implicit encoders)."""
+    encoders with a closed-form KL (empty for implicit encoders).  ``seed``: the sample of q(z|x)
+    (``evaluate`` seeds with it)."""
     total_ll, total_kl = 0.0, 0.0
     for x in _chunks(data):
         posterior = trainer.encoder(x)
@@ -161,8 +169,11 @@ def fd(trainer, data: torch.Tensor, *, seed: int = 0) -> dict[str, float]:
 
 
 def skl(trainer, data: torch.Tensor, *, seed: int = 0) -> dict[str, float]:
-    """The discriminator's estimate of the symmetric KL between the two joints on ``data``
-    (the divergence's ``skl`` diagnostic with the current discriminator, prior codes seeded)."""
+    """The divergence's ``skl`` statistic of the current discriminator on ``data`` (prior codes
+    seeded), with the raw encoder/decoder weights the discriminator was trained against.  It
+    estimates the symmetric KL between the two joints only with ``sample_x: true`` and a
+    near-optimal discriminator; with x_p the decoder's mean (the default) the decoder joint is not
+    p(x, z), and this is a training diagnostic of the discriminator (docs/design.md §2)."""
     generator = torch.Generator().manual_seed(seed)
     total, n = 0.0, 0
     for x in _chunks(data):
@@ -182,16 +193,17 @@ def skl(trainer, data: torch.Tensor, *, seed: int = 0) -> dict[str, float]:
     return {"skl": total / n}
 
 
-def probe(trainer, data: torch.Tensor, *, labels: torch.Tensor | None = None, max_train: int = 5000) -> dict[str, float]:
+def probe(trainer, data: torch.Tensor, *, labels: torch.Tensor | None = None, max_train: int = 5000, seed: int = 0) -> dict[str, float]:
     """Accuracy of a linear classifier (multinomial logistic regression on standardised posterior
-    means) fitted on up to ``max_train`` training-split images and scored on ``data``."""
+    means) fitted on up to ``max_train`` training-split images (a random subset, drawn with
+    ``seed``) and scored on ``data``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     if labels is None:
         raise MetricNotApplicable("probe needs labelled evaluation images, and these have no labels")
     images, train_labels = _training_split(trainer, "probe (linear-probe accuracy)")
-    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:max_train]
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:max_train]
 
     def codes(x: torch.Tensor):
         return torch.cat([trainer.encode(c.to(trainer.device)).cpu() for c in _chunks(x)]).double().numpy()
@@ -203,9 +215,10 @@ def probe(trainer, data: torch.Tensor, *, labels: torch.Tensor | None = None, ma
     return {"probe_acc": accuracy}
 
 
-def objective(trainer, data: torch.Tensor) -> dict[str, float]:
+def objective(trainer, data: torch.Tensor, *, seed: int = 0) -> dict[str, float]:
     """The divergence's encoder/decoder objective terms (``g_loss``, ``l_x``, ``l_z``, ``skl``...)
-    averaged over ``data``, with the current discriminator."""
+    averaged over ``data``, with the current discriminator and the raw encoder/decoder weights it
+    was trained against.  ``seed``: the prior codes and posterior samples (``evaluate`` seeds with it)."""
     sums: dict[str, float] = {}
     n = 0
     for x in _chunks(data):
@@ -215,6 +228,12 @@ def objective(trainer, data: torch.Tensor) -> dict[str, float]:
             sums[k] = sums.get(k, 0.0) + float(v) * len(x)
         n += len(x)
     return {f"objective_{k}": v / n for k, v in sums.items()}
+
+
+# The discriminator was trained against the raw encoder/decoder weights: a metric that reads it
+# must see those, not the EMA average (docs/design.md §2, "Metric").
+skl.weights = "raw"
+objective.weights = "raw"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,14 +269,14 @@ def _fidelity_inputs(trainer, data: torch.Tensor, seed: int):
 
 
 def fid(trainer, data: torch.Tensor, *, seed: int = 0) -> dict[str, float]:
-    """FID (Inception features, through torch-fidelity) between ``data`` and as many samples."""
+    """FID (Inception features, through torch-fidelity) between ``data`` and as many samples (seeded)."""
     tf, real, fake = _fidelity_inputs(trainer, data, seed)
     out = tf.calculate_metrics(input1=fake, input2=real, fid=True, verbose=False, cuda=trainer.device.type == "cuda")
     return {"fid": float(out["frechet_inception_distance"])}
 
 
 def inception_score(trainer, data: torch.Tensor, *, seed: int = 0) -> dict[str, float]:
-    """Inception Score of as many samples as ``data`` holds (through torch-fidelity)."""
+    """Inception Score of as many samples as ``data`` holds (seeded; through torch-fidelity)."""
     tf, _, fake = _fidelity_inputs(trainer, data, seed)
     out = tf.calculate_metrics(input1=fake, isc=True, verbose=False, cuda=trainer.device.type == "cuda")
     return {"is": float(out["inception_score_mean"]), "is_std": float(out["inception_score_std"])}
@@ -266,12 +285,12 @@ def inception_score(trainer, data: torch.Tensor, *, seed: int = 0) -> dict[str, 
 @asvae_kit.hookimpl
 def register_metrics(register):
     register("recon", recon, description="Per-pixel reconstruction MSE and BCE on held-out images, with the mean-image MSE as a floor.")
-    register("nll", nll, description="Importance-weighted bound on -log p(x), nats per image (k samples, default 1000; explicit encoders only).")
+    register("nll", nll, description="Importance-weighted bound on -log p(x), nats per image (k samples, default 1000; explicit encoders only); nll_se: its standard error over images.")
     register("fd", fd, description="Fréchet distance of samples to held-out images in the features of the project classifier (not FID).")
-    register("skl", skl, description="The discriminator's symmetric-KL estimate between the two joints on held-out images (asvae, ali).")
+    register("skl", skl, description="The discriminator's skl statistic on held-out images, raw weights (asvae, ali); the joints' symmetric KL only with sample_x and an optimal discriminator.")
     register("probe", probe, description="Linear-probe accuracy of the posterior means (labelled data sets).")
     register("fid", fid, description="FID through torch-fidelity, when it and its Inception weights are installed.")
     register("is", inception_score, description="Inception Score through torch-fidelity, when it and its Inception weights are installed.")
     register("reconstruction-mse", reconstruction_mse, description="Per-pixel reconstruction MSE, with the mean-image MSE as a baseline.")
     register("elbo-bound", elbo_bound, description="Single-sample ELBO, log p(x|z) and KL in nats per image (Gaussian encoders only).")
-    register("objective", objective, description="The divergence's encoder/decoder objective terms (l_x, l_z, skl...) on the evaluation data.")
+    register("objective", objective, description="The divergence's encoder/decoder objective terms (l_x, l_z, skl...) on the evaluation data, raw weights.")

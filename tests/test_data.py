@@ -184,3 +184,20 @@ def test_an_offline_download_names_the_url_and_the_folder(tmp_path):
 
     with pytest.raises(DataError, match=r"could not download http://127\.0\.0\.1:9/train-images-idx3-ubyte\.gz .*put it in .*mnist"):
         load_idx_dataset("mnist", data_dir=str(tmp_path), download=True, mirror="http://127.0.0.1:9/")
+
+
+def test_cifar10_train_val_and_test_share_no_image(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for i in range(1, 6):
+        _write_cifar_batch(folder / f"data_batch_{i}", 4, i)
+    _write_cifar_batch(folder / "test_batch", 3, 9)
+    trainer = asvae_kit.build("mlp-vae", steps=0, device="cpu", data={"name": "cifar10", "data_dir": str(tmp_path)})
+    train, val, test = (trainer.split_data(s).dataset for s in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (18, 2, 3)  # val: 10% of the 20 training images; test: the test batch
+    full = asvae_kit.build_component("dataset", "cifar10", data_dir=str(tmp_path)).images.flatten(1)
+    rows = {tuple(r.tolist()): i for i, r in enumerate(full)}
+    train_ids = {rows[tuple(r.tolist())] for r in train.images.flatten(1)}
+    val_ids = {rows[tuple(r.tolist())] for r in val.images.flatten(1)}
+    assert len(train_ids) == 18 and len(val_ids) == 2 and not train_ids & val_ids
+    assert not any(tuple(r.tolist()) in rows for r in test.images.flatten(1))  # the test batch is none of the training images

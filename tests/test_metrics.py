@@ -189,3 +189,150 @@ def test_old_metrics_still_run():
     out = trainer.evaluate(["reconstruction-mse", "elbo-bound", "objective"])
     assert {"recon_mse", "mean_image_mse", "elbo", "log_px", "kl", "objective_skl", "objective_l_x"} <= set(out)
     assert out["elbo"] == pytest.approx(out["log_px"] - out["kl"])
+
+
+# ------------------------------------------------------------------------------------------------
+# metrics you can trust: repeatable, no effect on training, the right weights
+
+TINY = {"encoder.hidden": [16], "decoder.hidden": [16], "discriminator.hidden": [16], "latent_dim": 4, "batch_size": 8,
+        "device": "cpu", "eval_size": 48, "log_every": 0}
+#: every built-in metric that runs on digits (fid/is need torch-fidelity's weights)
+ALL_METRICS = ["recon", "nll:k=4:n=16", "fd", "skl", "probe:max_train=200", "reconstruction-mse", "elbo-bound", "objective"]
+
+
+@pytest.fixture
+def quick_classifier(monkeypatch):
+    """fd's project classifier trained in 20 steps (a recipe of its own, so its own cache entry)."""
+    from asvae_kit import classifier
+
+    monkeypatch.setitem(classifier.RECIPE, "steps", 20)
+
+
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_evaluating_twice_gives_identical_numbers_and_leaves_the_rng_alone(quick_classifier, ema):
+    trainer = asvae_kit.build("mlp-asvae", steps=3, ema=ema, **TINY).fit(progress=False)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = trainer.evaluate(ALL_METRICS, split="val")
+    assert torch.equal(torch.get_rng_state(), state)  # evaluate() draws from a fork of the global RNG
+    torch.rand(5)  # whatever the caller's random state is...
+    second = trainer.evaluate(ALL_METRICS, split="val")
+    assert {"nll", "skl", "fd", "objective_skl", "elbo", "probe_acc"} <= set(first)
+    assert dict(first) == dict(second)  # ...the numbers are the same, to the bit
+    reseeded = trainer.evaluate(["nll:k=4:n=16:seed=1", "skl:seed=1"], split="val")
+    assert reseeded["nll"] != first["nll"] and reseeded["skl"] != first["skl"]  # the seed option is what they draw from
+
+
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_a_mid_run_evaluation_leaves_training_bit_identical(quick_classifier, ema):
+    config = {**TINY, "ema": ema, "log_every": 1, "discriminator.dropout": 0.3}  # dropout: the train/eval mode matters to the step
+    unbroken = asvae_kit.build("mlp-asvae", steps=6, **config).fit(progress=False)
+    trainer = asvae_kit.build("mlp-asvae", steps=6, **config).fit(3, progress=False)
+    modes = {name: [m.training for m in net.modules()] for name, net in trainer.networks()}
+    trainer.evaluate(ALL_METRICS)
+    trainer.evaluate(["recon"], split="val")
+    trainer.sample(4, seed=0)  # seeded: its own generator (unseeded, it draws from the global RNG, as torch.randn does)
+    trainer.reconstruct(trainer.split_data("val").dataset.images[:2])
+    assert {name: [m.training for m in net.modules()] for name, net in trainer.networks()} == modes  # modes restored
+    trainer.fit(6, progress=False)
+    a, b = unbroken.state_tensors(), trainer.state_tensors()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    for key in ("g_loss", "d_loss", "skl"):  # every step's losses, to the bit
+        assert [row[key] for row in trainer.history] == [row[key] for row in unbroken.history], key
+    if ema:
+        assert trainer.ema.updates == unbroken.ema.updates == 6
+
+
+def test_discriminator_metrics_use_the_raw_weights_the_discriminator_was_trained_against():
+    trainer = asvae_kit.build("mlp-asvae", steps=3, ema=0.9, **TINY).fit(progress=False)
+    with torch.no_grad():  # an average far from the raw weights
+        for average in trainer.ema.average.values():
+            for tensor in average.values():
+                tensor.add_(0.5)
+    with_ema = trainer.evaluate(["skl", "objective", "recon"])
+    ema, trainer.ema = trainer.ema, None
+    raw = trainer.evaluate(["skl", "objective", "recon"])
+    trainer.ema = ema
+    for key in ("skl", "objective_skl", "objective_g_loss", "objective_l_x", "objective_l_z"):
+        assert with_ema[key] == raw[key], key  # skl and objective read the raw weights...
+    assert with_ema["recon_mse"] != pytest.approx(raw["recon_mse"], rel=1e-6)  # ...the others the average
+    assert metrics.skl.weights == "raw" and metrics.objective.weights == "raw" and not hasattr(metrics.recon, "weights")
+
+
+def test_a_raw_weights_metric_sees_raw_weights_through_every_trainer_method(monkeypatch):
+    import dataclasses
+
+    from asvae_kit.plugin_manager import get_registry
+
+    trainer = asvae_kit.build("mlp-vae", steps=2, ema=0.9, **TINY).fit(progress=False)
+    z = torch.zeros(1, 4)
+    raw_image = trainer.decoder(z).mean.detach()
+    average_image = trainer.sample(1, z=z)
+    assert not torch.equal(raw_image, average_image)
+
+    def peek(trainer, data):
+        return {"direct": float(trainer.decoder(z).mean.sum()), "sampled": float(trainer.sample(1, z=z).sum())}
+
+    for weights, expected in (("raw", raw_image), ("average", average_image)):
+        peek.weights = weights
+        entry = dataclasses.replace(get_registry().get("metric", "recon"), factory=peek)
+        monkeypatch.setitem(get_registry()._entries["metric"], "recon", entry)
+        out = trainer.evaluate(["recon"])
+        assert out["direct"] == pytest.approx(float(expected.sum()), abs=1e-6) and out["sampled"] == pytest.approx(out["direct"], abs=1e-6)
+    assert torch.equal(trainer.decoder(z).mean, raw_image)  # and the raw weights are back
+
+
+def test_a_metric_with_a_bad_weights_attribute_fails_to_load(tmp_path, monkeypatch):
+    import sys
+    import warnings
+
+    from asvae_kit.plugin_manager import get_registry, reset_registry
+    from asvae_kit.registry import metric_weights
+    from plugin_helpers import install_plugin
+
+    source = """
+        import asvae_kit
+
+        def critic(trainer, data):
+            return {}
+
+        critic.weights = "ema"
+
+        @asvae_kit.hookimpl
+        def register_metrics(register):
+            register("critic", critic)
+    """
+    install_plugin(tmp_path, dist="bad-weights", module="bad_weights_plugin", source=source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("ASVAE_KIT_LOAD_PLUGINS", raising=False)
+    reset_registry()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            record = next(r for r in get_registry().plugins if r.name == "bad_weights_plugin")
+        assert record.status == "failed" and "weights = 'ema'; it must be 'average'" in record.reason
+    finally:
+        reset_registry()
+        sys.modules.pop("bad_weights_plugin", None)
+    assert metric_weights(lambda trainer, data: {}) == "average"
+
+    def critic(trainer, data):
+        return {}
+
+    critic.weights = 1
+    with pytest.raises(asvae_kit.ConfigError, match="metric 'critic' sets weights = 1; it must be 'average'.* or 'raw'"):
+        metric_weights(critic)
+
+
+def test_nll_se_is_the_standard_error_over_images(plugin, float64):
+    # With k = 1000 each image's bound is within a few thousandths of a nat of its exact -log p(x)
+    # (test_nll_converges_to_the_exact_marginal_likelihood), so the standard error over images is
+    # the exact values' standard deviation / sqrt(n), whatever the importance-sampling noise.
+    trainer = make_trainer("elbo")
+    torch.manual_seed(0)
+    x = sample_data(64)
+    with torch.no_grad():
+        out = metrics.nll(trainer, x, k=1000, n=64)
+    exact = exact_nll(x)
+    assert out["nll_se"] == pytest.approx((exact.std() / math.sqrt(64)).item(), rel=0.02)
+    assert "standard error of the estimate over images" in " ".join(metrics.nll.__doc__.split())

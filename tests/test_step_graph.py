@@ -93,8 +93,11 @@ def test_the_weight_average_follows_replayed_steps():
     eager = asvae_kit.build("mlp-asvae", device="cpu", steps=6, ema=0.9, **SMALL).fit(progress=False)
     trainer, _ = graphed(warmup=1, steps=6, ema=0.9)
     trainer.fit(progress=False)
+    assert trainer.algorithm.graph.replays == 4  # 1 warm-up, the rehearsal, 4 replays: the warm-up's steps came from the host
     for (name, a), b in zip(eager.ema.tensors().items(), trainer.ema.tensors().values()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    assert trainer.ema.updates == eager.ema.updates == 6  # the host counted the replayed updates
+    assert float(trainer.algorithm.graph._ema_step[0]) == pytest.approx(1 - 6 / 15)  # what the last replay read: update 5's step
 
 
 @pytest.mark.parametrize("when", ["rehearsal", "replay"])
