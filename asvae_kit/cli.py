@@ -1,4 +1,4 @@
-"""The ``asvae-kit`` command line: train, sample, evaluate, plot, list, describe, plugins.
+"""The ``asvae-kit`` command line: train, sample, evaluate, plot, list, describe, plugins, compare.
 
 Errors print one line to stderr and exit with status 2 (``--debug`` shows the traceback); so do
 mistyped arguments, with a did-you-mean for commands and choices.
@@ -84,6 +84,10 @@ class _Parser(argparse.ArgumentParser):
         return {o for parser in parsers for a in parser._actions for o in a.option_strings if o.startswith("--")}
 
 
+#: ``--split`` choices: ``asvae_kit.splits.SPLITS`` (not imported here: it imports torch), default first.
+SPLIT_CHOICES = ("test", "val", "train")
+
+
 def _version() -> str:
     try:
         torch_version = metadata.version("torch")
@@ -134,14 +138,17 @@ def make_parser() -> argparse.ArgumentParser:
     what.add_argument("--interpolate", action="store_true", help="rows of decoded spherical paths between two prior draws")
     what.add_argument("--reconstruct", action="store_true", help="held-out images (odd rows) above their reconstructions (even rows)")
     p.add_argument("--steps", type=_int_at_least(2), default=10, help="images per interpolation row (default 10)")
-    p.add_argument("--split", choices=("test", "train"), default="test", help="where --reconstruct takes its images (default test: never trained on)")
+    p.add_argument("--split", choices=SPLIT_CHOICES, default="test",
+                   help="where --reconstruct takes its images: test (default; never trained on), val (the validation slice, never trained on) or train")
     p.add_argument("--data-dir", help="directory holding the dataset's files (for --reconstruct)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the run's, or cpu if it is missing)")
 
     p = sub.add_parser("evaluate", help="compute metrics of a trained run on held-out data")
     p.add_argument("run_dir")
     p.add_argument("--metrics", help="comma-separated metrics, options after colons: 'recon,nll:k=100,fd' (default: the run's config)")
-    p.add_argument("--split", choices=("test", "train"), default="test", help="test (default: the test split or the held-out slice) or train")
+    p.add_argument("--split", choices=SPLIT_CHOICES, default="test",
+                   help="test (default; for final numbers: the test split or the held-out test slice), val (for tuning: the validation "
+                        "slice of the training split) or train")
     p.add_argument("--data-dir", help="directory holding the dataset's files")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the run's, or cpu if it is missing)")
     p.add_argument("--threads", type=_positive, help="CPU threads for torch")
@@ -163,6 +170,14 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list loaded plugins and their status")
     p.add_argument("--json", action="store_true")
+
+    from . import compare
+
+    p = sub.add_parser(
+        "compare", help="tune, select and compare models on val/test from a spec file (results.jsonl, report.md)",
+        description=compare.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_arguments(p)
     return parser
 
 
@@ -296,7 +311,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     elif args.reconstruct:
         chosen = trainer.split_data(args.split)
         images, _ = images_and_labels(chosen.dataset, args.n or 32)
-        print(f"reconstructing {len(images)} images of {chosen.source}", file=sys.stderr)
+        print(f"reconstructing the first {len(images)} images of the {chosen.split} split: {chosen.source}", file=sys.stderr)
         save_images(interleave_rows(images, trainer.reconstruct(images).cpu()), args.output, nrow=8)
     else:
         save_images(trainer.sample(args.n or 64, seed=args.seed), args.output)
@@ -428,6 +443,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import run_from_args
+
+    return run_from_args(args)
+
+
 COMMANDS = {
     "train": _cmd_train,
     "sample": _cmd_sample,
@@ -436,6 +457,7 @@ COMMANDS = {
     "list": _cmd_list,
     "describe": _cmd_describe,
     "plugins": _cmd_plugins,
+    "compare": _cmd_compare,
 }
 
 

@@ -117,6 +117,29 @@ def test_evaluate_reports_the_five_metrics_on_the_test_split(tmp_path, capsys):
     assert out.startswith("split: train:") and "recon_mse" in out
 
 
+def test_evaluate_and_reconstruct_on_the_validation_split(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_tiny(run, "--set", "eval_size=100") == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--split", "val", "--json", "--metrics", "recon,nll:k=2:n=4"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["split"] == "val" and result["n_images"] == 100
+    assert result["source"] == ("a validation slice of digits (162 of 1797 images, never trained on; for tuning, not for final numbers); "
+                                "the first 100 of them evaluated (eval_size=100)")
+    assert main(["evaluate", str(run), "--split", "val", "--metrics", "recon"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("split: val: a validation slice of digits") and "100 images evaluated" in captured.out
+    assert "on the val split" in captured.err
+    assert main(["sample", str(run), "--reconstruct", "--split", "val", "-n", "8", "-o", str(tmp_path / "r.png")]) == 0
+    assert "reconstructing the first 8 images of the val split: a validation slice of digits" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--metrics", "nll:kk=2"]) == 2  # a misspelt option: one line, did-you-mean
+    assert "Did you mean 'k'" in capsys.readouterr().err
+    from asvae_kit.cli import SPLIT_CHOICES
+    from asvae_kit.splits import SPLITS
+
+    assert sorted(SPLIT_CHOICES) == sorted(SPLITS)
+
+
 def test_evaluate_explains_a_metric_that_does_not_apply(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--preset", "mlp-vae", "--steps", "2", "--batch-size", "8", "--set", "encoder.hidden=[16]",
