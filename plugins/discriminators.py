@@ -1,11 +1,12 @@
-"""Built-in joint discriminators T(x, z): ``joint-mlp`` and ``joint-resnet``.
+"""Built-in joint discriminators T(x, z): ``joint-mlp``, ``joint-resnet`` and ``joint-dcgan``.
 
-Both have an x branch, a z branch and a joint trunk giving ``features(x, z) -> [B, D]``, and a
+Each has an x branch, a z branch and a joint trunk giving ``features(x, z) -> [B, D]``, and a
 ``head = nn.Linear(D, num_heads)``; the divergence reads the head through the fused op.
-Regularisers (all off by default): ``dropout`` in the trunk, ``input_noise`` (instance noise:
-Gaussian noise of that standard deviation added to x while training) and ``spectral_norm``.  Neither
-uses batch statistics (no BatchNorm): the divergences stack several batches into one call, and
-each row's logit must depend on its own (x, z) alone.
+Regularisers (all off by default): ``dropout`` in the trunk (in ``joint-dcgan`` also after every
+convolution), ``input_noise`` (instance noise: Gaussian noise of that standard deviation added to
+x while training) and ``spectral_norm``.  None uses batch statistics (no BatchNorm): the
+divergences stack several batches into one call, and each row's logit must depend on its own
+(x, z) alone.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import asvae_kit
 from asvae_kit.checks import check_bool
 
 from .blocks import ConvDownStack, Network, check_fraction, check_hidden, check_input, check_positive_int, mlp
+from .encoders import DCGANDownStack
 
-__all__ = ["JointMLPDiscriminator", "JointResNetDiscriminator"]
+__all__ = ["JointMLPDiscriminator", "JointResNetDiscriminator", "JointDCGANDiscriminator"]
 
 
 class _JointDiscriminator(Network):
@@ -104,7 +106,39 @@ class JointResNetDiscriminator(_JointDiscriminator):
         super().__init__(data_shape, latent_dim, num_heads, hidden, regularisation, x_branch)
 
 
+class JointDCGANDiscriminator(_JointDiscriminator):
+    """ALI-style joint discriminator: a DCGAN x path (the ``dcgan`` encoder's 4x4 stride-2
+    convolutions with LeakyReLU(0.2), channels doubling from ``width``; ``dropout`` after each, as
+    ALI puts dropout on every layer), a fully connected z path, and the two concatenated into a
+    fully connected joint trunk (``hidden``).  Never BatchNorm: the divergences stack several
+    segments into one call, and a row's logit must depend on its own (x, z) only."""
+
+    name = "joint-dcgan"
+
+    def __init__(
+        self, *, data_shape: Sequence[int], latent_dim: int, num_heads: int,  # from the builder
+        width: int = 32,
+        hidden: Sequence[int] = (512, 256),
+        dropout: float = 0.0, input_noise: float = 0.0, spectral_norm: bool = False,
+    ) -> None:
+        width = check_positive_int(width, "width", self.label)
+        x_dropout = check_fraction(dropout, "dropout", self.label)
+
+        def x_branch(shape: tuple[int, int, int], widths: list[int]) -> tuple[nn.Module, int]:
+            stack = DCGANDownStack(shape[0], shape[1], width, dropout=x_dropout)
+            return stack, stack.out_features
+
+        regularisation = dict(dropout=dropout, input_noise=input_noise, spectral_norm=spectral_norm)
+        super().__init__(data_shape, latent_dim, num_heads, hidden, regularisation, x_branch)
+
+
 @asvae_kit.hookimpl
 def register_discriminators(register):
     register("joint-mlp", JointMLPDiscriminator, description="T(x, z): fully connected x branch, z branch and joint trunk; one logit per head.")
     register("joint-resnet", JointResNetDiscriminator, description="T(x, z): convolutional residual x branch, fully connected z branch and joint trunk; one logit per head.")
+    register(
+        "joint-dcgan",
+        JointDCGANDiscriminator,
+        description="T(x, z) as in ALI: DCGAN strided-convolution x branch, fully connected z branch, "
+        "concatenated into a joint trunk; one logit per head.",
+    )

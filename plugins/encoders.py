@@ -1,4 +1,8 @@
-"""Built-in encoders q(z|x): ``mlp`` (Gaussian), ``mlp-implicit`` (noise in) and ``resnet`` (Gaussian)."""
+"""Built-in encoders q(z|x): ``mlp`` (Gaussian), ``mlp-implicit`` (noise in), ``resnet`` and ``dcgan`` (Gaussian).
+
+``DCGANDownStack`` (the strided-convolution stack of ``dcgan``) is also the x path of the
+``joint-dcgan`` discriminator.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,12 @@ import torch
 from torch import nn
 
 import asvae_kit
+from asvae_kit.checks import check_bool
 from asvae_kit.distributions import GaussianPosterior, ImplicitPosterior
 
 from .blocks import ConvDownStack, Network, check_hidden, check_input, check_positive_int, mlp
 
-__all__ = ["MLPEncoder", "ImplicitMLPEncoder", "ResNetEncoder"]
+__all__ = ["MLPEncoder", "ImplicitMLPEncoder", "ResNetEncoder", "DCGANEncoder", "DCGANDownStack", "dcgan_sizes", "dcgan_widths"]
 
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
 
@@ -94,6 +99,81 @@ class ResNetEncoder(Network):
         return self.head(self.body(x))
 
 
+def dcgan_sizes(size: int) -> list[int]:
+    """Spatial sizes of the DCGAN stacks: ``size`` halved while it is even and above 4.
+
+    28 -> [28, 14, 7], 32 -> [32, 16, 8, 4], 64 -> [64, 32, 16, 8, 4], 8 -> [8, 4].  A 4x4
+    stride-2 convolution with padding 1 halves an even size exactly (and the transposed one
+    doubles it), so no layer needs odd padding or cropping; 7 is odd, so 28x28 stops at 7x7.
+    """
+    sizes = [size]
+    while sizes[-1] > 4 and sizes[-1] % 2 == 0:
+        sizes.append(sizes[-1] // 2)
+    return sizes
+
+
+def dcgan_widths(width: int, convs: int) -> list[int]:
+    """Output channels of each strided convolution: ``width`` doubling per layer (32, 64, 128, 256)."""
+    return [width * 2**i for i in range(convs)]
+
+
+class DCGANDownStack(nn.Module):
+    """Images [B, C, S, S] -> flat features [B, out_features]: 4x4 stride-2 convolutions, each
+    followed by (BatchNorm when ``batch_norm``, except on the first as in DCGAN,) LeakyReLU(0.2)
+    and (Dropout when ``dropout`` > 0), down the sizes of ``dcgan_sizes``, with the channel
+    width doubling from ``width``."""
+
+    def __init__(self, channels: int, size: int, width: int, *, batch_norm: bool = False, dropout: float = 0.0) -> None:
+        super().__init__()
+        sizes = dcgan_sizes(size)
+        widths = dcgan_widths(width, len(sizes) - 1)
+        layers: list[nn.Module] = []
+        c_in = channels
+        for i, c_out in enumerate(widths):
+            norm = batch_norm and i > 0
+            layers.append(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=not norm))  # BatchNorm has its own shift
+            if norm:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.LeakyReLU(0.2))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            c_in = c_out
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.sizes, self.widths = sizes, widths
+        self.out_features = widths[-1] * sizes[-1] * sizes[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class DCGANEncoder(Network):
+    """DCGAN-style Gaussian encoder: 4x4 stride-2 convolutions (LeakyReLU 0.2) halving the image
+    while its size is even and above 4 (28 -> 14 -> 7; 32 -> 16 -> 8 -> 4; 64 -> ... -> 4;
+    8 -> 4), channels doubling from ``width`` (32, 64, ...), then a linear (mean, logvar).
+
+    No normalisation by default (``batch_norm=False``).  BatchNorm is allowed in an encoder, but
+    with it a code depends on the other images of the call, training and eval mode encode the
+    same image differently (running statistics lag an encoder that the adversarial terms keep
+    moving), and a batch of one image cannot be normalised; at these depths (2 to 4 layers) the
+    unnormalised network trains without it and its step is cheaper.  ``batch_norm=True`` puts
+    BatchNorm after every convolution but the first, as DCGAN does.
+    """
+
+    label = "encoder 'dcgan'"  # names this network in its error messages
+
+    def __init__(self, *, data_shape: Sequence[int], latent_dim: int, width: int = 32, batch_norm: bool = False) -> None:
+        super().__init__(data_shape, latent_dim)
+        width = check_positive_int(width, "width", self.label)
+        batch_norm = check_bool(batch_norm, f"{self.label}: batch_norm")
+        c, size, _ = self.data_shape
+        self.body = DCGANDownStack(c, size, width, batch_norm=batch_norm)
+        self.head = _GaussianHead(self.body.out_features, latent_dim)
+
+    def forward(self, x: torch.Tensor) -> GaussianPosterior:
+        check_input(x, self.data_shape, "images", self.label)
+        return self.head(self.body(x))
+
+
 @asvae_kit.hookimpl
 def register_encoders(register):
     register("mlp", MLPEncoder, description="Gaussian q(z|x): fully connected LeakyReLU network giving mean and log-variance.")
@@ -104,3 +184,9 @@ def register_encoders(register):
         "with a learned diagonal scale. No closed-form KL, so it pairs with avb/ali/asvae, not elbo.",
     )
     register("resnet", ResNetEncoder, description="Gaussian q(z|x): convolutional residual network down to 4x4.")
+    register(
+        "dcgan",
+        DCGANEncoder,
+        description="Gaussian q(z|x): DCGAN-style 4x4 stride-2 convolutions (LeakyReLU, channels doubling "
+        "from width) down to 7x7 or 4x4, then a linear mean and log-variance; optional batch_norm.",
+    )

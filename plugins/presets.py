@@ -1,4 +1,4 @@
-"""Built-in presets: ``{mlp,resnet}-{vae,avb,ali,asvae}``.
+"""Built-in presets: ``{mlp,resnet,dcgan}-{vae,avb,ali,asvae}``.
 
 Siblings share networks, data, batch size, step budget and the encoder/decoder optimiser, and
 differ in the divergence, so comparing them compares the estimators.  The ``*-asvae`` presets add
@@ -32,7 +32,21 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "latent_dim": 8,
         "steps": 2000,
     },
+    # The papers' convolutional networks (DCGAN's strided convolutions, ALI's joint discriminator),
+    # widths 32/64 at 28x28.  The discriminator's trunk is [256, 256]: its first layer reads the
+    # 64*7*7 convolution features, and at [512, 512] a 28x28 step cost ~3.4x an mlp-* step on
+    # 2 CPU cores, against ~2.7-3.1x at [256, 256] (bench/test_dcgan_step.py; the target is 4x).
+    "dcgan": {
+        "encoder": {"name": "dcgan", "width": 32},
+        "decoder": {"name": "dcgan", "width": 32, "likelihood": "bernoulli"},
+        "discriminator": {"name": "joint-dcgan", "width": 32, "hidden": [256, 256]},
+        "latent_dim": 16,
+        "steps": 2000,
+    },
 }
+
+#: How each architecture's description names its networks.
+_NETS = {"mlp": "fully connected", "resnet": "convolutional residual", "dcgan": "DCGAN-style strided-convolution"}
 
 
 #: Per-variant departures from the shared settings, each measured in docs/study.md.
@@ -74,7 +88,7 @@ _WHAT = {
 @asvae_kit.hookimpl
 def register_presets(register):
     for architecture in ARCHITECTURES:
-        nets = "fully connected" if architecture == "mlp" else "convolutional residual"
+        nets = _NETS[architecture]
         for variant in DIVERGENCES:
             register(
                 f"{architecture}-{variant}",

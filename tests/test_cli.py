@@ -24,7 +24,7 @@ def test_list_and_json(capsys):
     assert "mlp-implicit" in out and "resnet" in out and "joint-mlp" not in out
     assert main(["list", "preset", "--filter", "*-asvae", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["name"] for r in rows] == ["mlp-asvae", "resnet-asvae"]
+    assert [r["name"] for r in rows] == ["dcgan-asvae", "mlp-asvae", "resnet-asvae"]
 
 
 def test_describe(capsys):

@@ -12,11 +12,12 @@ from asvae_kit import distributions as D
 from asvae_kit.errors import ConfigError, UnsupportedShapeError
 
 SHAPES = [(1, 8, 8), (3, 8, 8), (1, 28, 28), (3, 28, 28), (1, 32, 32), (3, 32, 32), (1, 64, 64), (3, 64, 64)]
-SMALL = {"mlp": {"hidden": [16]}, "resnet": {"width": 4}, "mlp-implicit": {"hidden": [16], "noise_dim": 3}}
+SMALL = {"mlp": {"hidden": [16]}, "resnet": {"width": 4}, "dcgan": {"width": 4}, "mlp-implicit": {"hidden": [16], "noise_dim": 3}}
+DISC_SMALL = {"joint-mlp": {}, "joint-resnet": {"width": 4}, "joint-dcgan": {"width": 4}}
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("name", ["mlp", "mlp-implicit", "resnet"])
+@pytest.mark.parametrize("name", ["mlp", "mlp-implicit", "resnet", "dcgan"])
 def test_encoders_serve_every_supported_shape(name, shape):
     enc = asvae_kit.build_component("encoder", name, data_shape=shape, latent_dim=5, **SMALL[name])
     post = enc(torch.rand(3, *shape))
@@ -28,7 +29,7 @@ def test_encoders_serve_every_supported_shape(name, shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("name", ["mlp", "resnet"])
+@pytest.mark.parametrize("name", ["mlp", "resnet", "dcgan"])
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "laplace"])
 def test_decoders_serve_every_supported_shape(name, shape, likelihood):
     dec = asvae_kit.build_component("decoder", name, data_shape=shape, latent_dim=5, likelihood=likelihood, **SMALL[name])
@@ -39,9 +40,9 @@ def test_decoders_serve_every_supported_shape(name, shape, likelihood):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("name", ["joint-mlp", "joint-resnet"])
+@pytest.mark.parametrize("name", ["joint-mlp", "joint-resnet", "joint-dcgan"])
 def test_discriminators_serve_every_supported_shape(name, shape):
-    cfg = {"hidden": [16, 8]} | ({"width": 4} if name == "joint-resnet" else {})
+    cfg = {"hidden": [16, 8]} | DISC_SMALL[name]
     disc = asvae_kit.build_component("discriminator", name, data_shape=shape, latent_dim=5, num_heads=2, **cfg)
     x, z = torch.rand(3, *shape), torch.randn(3, 5)
     h = disc.features(x, z)
@@ -55,8 +56,10 @@ def test_discriminators_serve_every_supported_shape(name, shape):
 @pytest.mark.parametrize("shape", [(1, 16, 16), (2, 8, 8), (1, 28, 32), (4, 64, 64), (1, 7, 7)])
 @pytest.mark.parametrize(
     "kind, name, extra",
-    [("encoder", "mlp", {}), ("encoder", "mlp-implicit", {}), ("encoder", "resnet", {}), ("decoder", "mlp", {}), ("decoder", "resnet", {}),
-     ("discriminator", "joint-mlp", {"num_heads": 1}), ("discriminator", "joint-resnet", {"num_heads": 1})],
+    [("encoder", "mlp", {}), ("encoder", "mlp-implicit", {}), ("encoder", "resnet", {}), ("encoder", "dcgan", {}),
+     ("decoder", "mlp", {}), ("decoder", "resnet", {}), ("decoder", "dcgan", {}),
+     ("discriminator", "joint-mlp", {"num_heads": 1}), ("discriminator", "joint-resnet", {"num_heads": 1}),
+     ("discriminator", "joint-dcgan", {"num_heads": 1})],
 )
 def test_unsupported_shapes_are_refused_with_what_is_served(kind, name, extra, shape):
     with pytest.raises(UnsupportedShapeError) as info:

@@ -9,7 +9,7 @@ from asvae_kit.plugin_manager import get_registry
 
 
 def test_list_components_by_kind_pattern_and_plural():
-    assert asvae_kit.list_components("encoder") == ["mlp", "mlp-implicit", "resnet"]
+    assert asvae_kit.list_components("encoder") == ["dcgan", "mlp", "mlp-implicit", "resnet"]
     assert asvae_kit.list_components("encoders") == asvae_kit.list_components("encoder")
     assert asvae_kit.list_components("preset", "mlp-*") == ["mlp-ali", "mlp-asvae", "mlp-avb", "mlp-vae"]
     assert asvae_kit.list_components("divergence") == ["ali", "asvae", "avb", "elbo"]
