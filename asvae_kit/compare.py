@@ -764,8 +764,13 @@ def long_runs(spec: Spec, done: Mapping[str, Mapping[str, Any]]) -> list[Run]:
 
 
 def planned_runs(spec: Spec, done: Mapping[str, Mapping[str, Any]]) -> list[Run]:
-    """Every run the results so far determine, in phase order."""
-    return tune_runs(spec) + final_runs(spec, done) + long_runs(spec, done)
+    """Every run the results so far determine, one architecture at a time (in spec order), and
+    within it one data set at a time, phase by phase: a study stopped part-way leaves whole
+    sections (tuned, picked, final and long runs) rather than a little of everything."""
+    arch_order = {a: i for i, a in enumerate(spec.architectures)}
+    data_order = {d: i for i, d in enumerate(spec.datasets)}
+    runs = tune_runs(spec) + final_runs(spec, done) + long_runs(spec, done)
+    return sorted(runs, key=lambda r: (arch_order[r.arch], data_order[r.dataset], PHASES.index(r.phase)))
 
 
 def phase_totals(spec: Spec) -> dict[str, int]:

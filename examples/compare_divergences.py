@@ -7,7 +7,7 @@
 Each preset ``mlp-{vae,avb,ali,asvae}`` trains into ``OUT/<preset>`` and is evaluated on held-out
 images (reconstruction error, importance-sampled NLL, Fréchet distance of samples, the
 symmetric-KL estimate); the table is printed and saved as ``OUT/comparison.json``.  For the
-study with several seeds and both MNIST data sets, see ``bench/study.py`` and ``docs/study.md``.
+study with several seeds and both MNIST data sets, see ``asvae-kit compare docs/study.toml`` and ``docs/study.md``.
 """
 
 from __future__ import annotations
