@@ -1,6 +1,7 @@
 """The ``Trainer``: runs the algorithm (docs/design.md §1) on parts that ``asvae_kit.builder`` built.
 
-It alternates discriminator and encoder/decoder steps, logs averaged loss terms, stops cleanly on
+It feeds batches to the ``AlgorithmStep`` (which makes the discriminator and encoder/decoder
+updates of each step), logs averaged loss terms, stops cleanly on
 SIGTERM/SIGINT and on divergence, and tells its ``RunDirectory`` when to write the config, the
 metrics, the grids and the checkpoints (how they are written is ``asvae_kit.rundir``'s job).
 Sampling and encoding come from ``asvae_kit.inference``, metrics from ``asvae_kit.evaluation``.
