@@ -12,7 +12,7 @@ from asvae_kit.checks import check_int, check_number
 from asvae_kit.errors import ConfigError, UnsupportedShapeError
 from asvae_kit.shapes import check_data_shape, check_latent_dim, downsample_sizes
 
-__all__ = ["mlp", "ResBlock", "ConvDownStack", "ConvUpStack", "check_input", "channel_widths", "check_positive_int", "check_hidden"]
+__all__ = ["mlp", "ResBlock", "ConvDownStack", "ConvUpStack", "DCGANDownStack", "DCGANUpStack", "dcgan_sizes", "dcgan_widths", "check_input", "channel_widths", "check_positive_int", "check_hidden"]
 
 
 def mlp(sizes: Sequence[int], *, final_activation: bool = False, slope: float = 0.2, dropout: float = 0.0) -> nn.Sequential:
@@ -120,3 +120,77 @@ def check_hidden(hidden: object, component: str) -> list[int]:
     if not isinstance(hidden, (list, tuple)) or not hidden:
         raise ConfigError(f"{component}: hidden must be a non-empty list of layer widths, got {hidden!r}")
     return [check_positive_int(h, "hidden", component) for h in hidden]
+
+
+def dcgan_sizes(size: int) -> list[int]:
+    """Spatial sizes of the DCGAN stacks: ``size`` halved while it is even and above 4.
+
+    28 -> [28, 14, 7], 32 -> [32, 16, 8, 4], 64 -> [64, 32, 16, 8, 4], 8 -> [8, 4].  A 4x4
+    stride-2 convolution with padding 1 halves an even size exactly (and the transposed one
+    doubles it), so no layer needs odd padding or cropping; 7 is odd, so 28x28 stops at 7x7.
+    """
+    sizes = [size]
+    while sizes[-1] > 4 and sizes[-1] % 2 == 0:
+        sizes.append(sizes[-1] // 2)
+    return sizes
+
+
+def dcgan_widths(width: int, convs: int) -> list[int]:
+    """Output channels of each strided convolution: ``width`` doubling per layer (32, 64, 128, 256)."""
+    return [width * 2**i for i in range(convs)]
+
+
+class DCGANDownStack(nn.Module):
+    """Images [B, C, S, S] -> flat features [B, out_features]: 4x4 stride-2 convolutions, each
+    followed by (BatchNorm when ``batch_norm``, except on the first as in DCGAN,) LeakyReLU(0.2)
+    and (Dropout when ``dropout`` > 0), down the sizes of ``dcgan_sizes``, with the channel
+    width doubling from ``width``."""
+
+    def __init__(self, channels: int, size: int, width: int, *, batch_norm: bool = False, dropout: float = 0.0) -> None:
+        super().__init__()
+        sizes = dcgan_sizes(size)
+        widths = dcgan_widths(width, len(sizes) - 1)
+        layers: list[nn.Module] = []
+        c_in = channels
+        for i, c_out in enumerate(widths):
+            norm = batch_norm and i > 0
+            layers.append(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=not norm))  # BatchNorm has its own shift
+            if norm:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.LeakyReLU(0.2))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            c_in = c_out
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.sizes, self.widths = sizes, widths
+        self.out_features = widths[-1] * sizes[-1] * sizes[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class DCGANUpStack(nn.Module):
+    """Flat codes [B, in_features] -> [B, out_channels, S, S], the mirror of ``DCGANDownStack``:
+    a linear layer to the smallest map (64 x 7 x 7 at 28x28 with width 32), then 4x4 stride-2
+    transposed convolutions doubling it back up (7 -> 14 -> 28), channels halving down to
+    ``width`` and the last one giving ``out_channels`` (the likelihood's parameter, unactivated).
+    Each hidden layer is followed by (BatchNorm when ``batch_norm``,) LeakyReLU(0.2)."""
+
+    def __init__(self, in_features: int, out_channels: int, size: int, width: int, *, batch_norm: bool = False) -> None:
+        super().__init__()
+        sizes = dcgan_sizes(size)[::-1]  # e.g. [7, 14, 28]
+        widths = dcgan_widths(width, len(sizes) - 1)[::-1]  # e.g. [64, 32]
+        self.shape0 = (widths[0], sizes[0], sizes[0])
+        self.fc = nn.Linear(in_features, widths[0] * sizes[0] * sizes[0], bias=not batch_norm)
+        layers: list[nn.Module] = []
+        outs = [*widths[1:], out_channels]
+        for i, (c_in, c_out) in enumerate(zip(widths, outs)):
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(c_in))
+            hidden = i < len(outs) - 1  # a BatchNorm follows it, which has its own shift
+            layers += [nn.LeakyReLU(0.2), nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=not (batch_norm and hidden))]
+        self.net = nn.Sequential(*layers)
+        self.sizes, self.widths = sizes, widths
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(self.fc(z).view(z.shape[0], *self.shape0))

@@ -14,10 +14,9 @@ from asvae_kit.distributions import BernoulliLikelihood, GaussianLikelihood, Lap
 from asvae_kit.errors import ConfigError
 from asvae_kit.names import did_you_mean
 
-from .blocks import ConvUpStack, Network, check_hidden, check_input, check_positive_int, mlp
-from .encoders import dcgan_sizes, dcgan_widths
+from .blocks import ConvUpStack, DCGANUpStack, Network, check_hidden, check_input, check_positive_int, mlp
 
-__all__ = ["MLPDecoder", "ResNetDecoder", "DCGANDecoder", "DCGANUpStack", "LIKELIHOODS"]
+__all__ = ["MLPDecoder", "ResNetDecoder", "DCGANDecoder", "LIKELIHOODS"]
 
 LIKELIHOODS = ("bernoulli", "gaussian", "laplace")
 
@@ -85,33 +84,6 @@ class ResNetDecoder(Network):
     def forward(self, z: torch.Tensor):
         check_input(z, (self.latent_dim,), "codes", self.label)
         return self.likelihood(self.net(z))
-
-
-class DCGANUpStack(nn.Module):
-    """Flat codes [B, in_features] -> [B, out_channels, S, S], the mirror of ``DCGANDownStack``:
-    a linear layer to the smallest map (64 x 7 x 7 at 28x28 with width 32), then 4x4 stride-2
-    transposed convolutions doubling it back up (7 -> 14 -> 28), channels halving down to
-    ``width`` and the last one giving ``out_channels`` (the likelihood's parameter, unactivated).
-    Each hidden layer is followed by (BatchNorm when ``batch_norm``,) LeakyReLU(0.2)."""
-
-    def __init__(self, in_features: int, out_channels: int, size: int, width: int, *, batch_norm: bool = False) -> None:
-        super().__init__()
-        sizes = dcgan_sizes(size)[::-1]  # e.g. [7, 14, 28]
-        widths = dcgan_widths(width, len(sizes) - 1)[::-1]  # e.g. [64, 32]
-        self.shape0 = (widths[0], sizes[0], sizes[0])
-        self.fc = nn.Linear(in_features, widths[0] * sizes[0] * sizes[0], bias=not batch_norm)
-        layers: list[nn.Module] = []
-        outs = [*widths[1:], out_channels]
-        for i, (c_in, c_out) in enumerate(zip(widths, outs)):
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(c_in))
-            hidden = i < len(outs) - 1  # a BatchNorm follows it, which has its own shift
-            layers += [nn.LeakyReLU(0.2), nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=not (batch_norm and hidden))]
-        self.net = nn.Sequential(*layers)
-        self.sizes, self.widths = sizes, widths
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(self.fc(z).view(z.shape[0], *self.shape0))
 
 
 class DCGANDecoder(Network):

@@ -19,8 +19,7 @@ from torch import nn
 import asvae_kit
 from asvae_kit.checks import check_bool
 
-from .blocks import ConvDownStack, Network, check_fraction, check_hidden, check_input, check_positive_int, mlp
-from .encoders import DCGANDownStack
+from .blocks import ConvDownStack, DCGANDownStack, Network, check_fraction, check_hidden, check_input, check_positive_int, mlp
 
 __all__ = ["JointMLPDiscriminator", "JointResNetDiscriminator", "JointDCGANDiscriminator"]
 

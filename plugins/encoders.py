@@ -1,8 +1,4 @@
-"""Built-in encoders q(z|x): ``mlp`` (Gaussian), ``mlp-implicit`` (noise in), ``resnet`` and ``dcgan`` (Gaussian).
-
-``DCGANDownStack`` (the strided-convolution stack of ``dcgan``) is also the x path of the
-``joint-dcgan`` discriminator.
-"""
+"""Built-in encoders q(z|x): ``mlp`` (Gaussian), ``mlp-implicit`` (noise in), ``resnet`` and ``dcgan`` (Gaussian)."""
 
 from __future__ import annotations
 
@@ -15,9 +11,9 @@ import asvae_kit
 from asvae_kit.checks import check_bool
 from asvae_kit.distributions import GaussianPosterior, ImplicitPosterior
 
-from .blocks import ConvDownStack, Network, check_hidden, check_input, check_positive_int, mlp
+from .blocks import ConvDownStack, DCGANDownStack, Network, check_hidden, check_input, check_positive_int, mlp
 
-__all__ = ["MLPEncoder", "ImplicitMLPEncoder", "ResNetEncoder", "DCGANEncoder", "DCGANDownStack", "dcgan_sizes", "dcgan_widths"]
+__all__ = ["MLPEncoder", "ImplicitMLPEncoder", "ResNetEncoder", "DCGANEncoder"]
 
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
 
@@ -97,53 +93,6 @@ class ResNetEncoder(Network):
     def forward(self, x: torch.Tensor) -> GaussianPosterior:
         check_input(x, self.data_shape, "images", self.label)
         return self.head(self.body(x))
-
-
-def dcgan_sizes(size: int) -> list[int]:
-    """Spatial sizes of the DCGAN stacks: ``size`` halved while it is even and above 4.
-
-    28 -> [28, 14, 7], 32 -> [32, 16, 8, 4], 64 -> [64, 32, 16, 8, 4], 8 -> [8, 4].  A 4x4
-    stride-2 convolution with padding 1 halves an even size exactly (and the transposed one
-    doubles it), so no layer needs odd padding or cropping; 7 is odd, so 28x28 stops at 7x7.
-    """
-    sizes = [size]
-    while sizes[-1] > 4 and sizes[-1] % 2 == 0:
-        sizes.append(sizes[-1] // 2)
-    return sizes
-
-
-def dcgan_widths(width: int, convs: int) -> list[int]:
-    """Output channels of each strided convolution: ``width`` doubling per layer (32, 64, 128, 256)."""
-    return [width * 2**i for i in range(convs)]
-
-
-class DCGANDownStack(nn.Module):
-    """Images [B, C, S, S] -> flat features [B, out_features]: 4x4 stride-2 convolutions, each
-    followed by (BatchNorm when ``batch_norm``, except on the first as in DCGAN,) LeakyReLU(0.2)
-    and (Dropout when ``dropout`` > 0), down the sizes of ``dcgan_sizes``, with the channel
-    width doubling from ``width``."""
-
-    def __init__(self, channels: int, size: int, width: int, *, batch_norm: bool = False, dropout: float = 0.0) -> None:
-        super().__init__()
-        sizes = dcgan_sizes(size)
-        widths = dcgan_widths(width, len(sizes) - 1)
-        layers: list[nn.Module] = []
-        c_in = channels
-        for i, c_out in enumerate(widths):
-            norm = batch_norm and i > 0
-            layers.append(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=not norm))  # BatchNorm has its own shift
-            if norm:
-                layers.append(nn.BatchNorm2d(c_out))
-            layers.append(nn.LeakyReLU(0.2))
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            c_in = c_out
-        self.net = nn.Sequential(*layers, nn.Flatten())
-        self.sizes, self.widths = sizes, widths
-        self.out_features = widths[-1] * sizes[-1] * sizes[-1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 class DCGANEncoder(Network):

@@ -18,7 +18,7 @@ from torch import nn
 import asvae_kit
 from asvae_kit.algorithm import uses_batch_statistics
 from asvae_kit.errors import ConfigError, UnsupportedShapeError
-from asvae_kit.plugins.encoders import dcgan_sizes
+from asvae_kit.plugins.blocks import dcgan_sizes
 
 SIZES = (8, 28, 32, 64)
 SHAPES = [(c, s, s) for s in SIZES for c in (1, 3)]
