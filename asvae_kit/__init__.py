@@ -17,7 +17,7 @@ from . import errors as _errors
 from .errors import *  # noqa: F403  (every exception type, as listed in errors.__all__)
 from .hookspecs import hookimpl
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "__version__",

@@ -6,15 +6,25 @@ Under data parallelism the gradients are averaged across processes before each o
 then they are clipped (``optim.clip_grad_norm``), and after the encoder/decoder step the weight
 average moves (``ema``).  The learning rates follow ``optim.schedule`` by step number.
 The divergence estimator decides the losses; this module only orders the updates.
+
+Checking a loss, stepping an optimizer and weighting the EMA go through ``StepHooks``
+(``asvae_kit.step_hooks``): ``step`` runs the updates with ``EagerHooks``, and a CUDA graph that
+wraps the step (``asvae_kit.step_graph.StepGraph``, chosen by the builder) runs them with its
+device hooks.  This module knows nothing of graphs.
+
+What does not change from step to step is set up once, not per step: the parameter lists whose
+gradients are reset, averaged and clipped and that the encoder/decoder update freezes, and the
+networks' train mode, which a step checks (one attribute per module) and sets again only when
+something left a module in eval mode (inference restores the modes it changes:
+``asvae_kit.inference``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import types
-import warnings
 from pathlib import Path
-from typing import Any, ContextManager, Iterable
+from typing import Any, ContextManager
 
 import torch
 from torch import nn
@@ -23,8 +33,8 @@ from .distributed import DistContext, average_gradients
 from .ema import EMA
 from .guard import DivergenceGuard
 from .joint_batch import JointBatch, check_head_count
-from .optimizers import clip_gradients, is_scheduled, load_optimizer_state, lr_factor, set_learning_rates
-from .step_graph import GraphCaptureWarning, StepGraph, capture_blocker
+from .optimizers import clip_gradients, is_scheduled, load_optimizer_state, lr_factor, optimizer_parameters, set_learning_rates
+from .step_hooks import EagerHooks, StepHooks
 
 __all__ = ["AlgorithmStep", "PRECISIONS", "uses_batch_statistics"]
 
@@ -42,7 +52,10 @@ def uses_batch_statistics(module: nn.Module) -> bool:
 
 class AlgorithmStep:
     """``step(x, number=...)`` runs one algorithm step on the data batch ``x`` and returns the
-    detached loss terms; a divergent loss raises ``TrainingDivergedError`` (``guard``)."""
+    detached loss terms; a divergent loss raises ``TrainingDivergedError`` (``guard``).
+
+    ``begin`` then ``updates(x, hooks)`` is the same step in two parts, for a runner with hooks of
+    its own (``asvae_kit.step_graph.StepGraph``)."""
 
     def __init__(
         self,
@@ -65,10 +78,8 @@ class AlgorithmStep:
         self.discriminator = discriminator if self.num_heads > 0 else None
         self.gen_optimizer, self.disc_optimizer = gen_optimizer, disc_optimizer if self.discriminator is not None else None
         self.config, self.dist, self.guard, self.ema = config, dist, guard, ema
-        #: (step number, (run directory, step) of the last checkpoint or None): for the guard's message
-        self.where: tuple[int, tuple[Path, int] | None] = (0, None)
-        #: while a CUDA graph records the step, the losses to check after its replay (see ``check_loss``)
-        self.deferred_checks: list[tuple[str, torch.Tensor, dict[str, torch.Tensor]]] | None = None
+        #: the host's hooks, which ``step`` runs the updates with
+        self.hooks: StepHooks = EagerHooks(guard)
         self.device_type = (device or torch.device("cpu")).type
         self.amp_dtype = PRECISIONS[str(config.get("precision", "32"))]
         fp16 = self.amp_dtype is torch.float16
@@ -77,13 +88,17 @@ class AlgorithmStep:
         self.decode_together = bool(getattr(divergence, "decodes_both", False)) and not uses_batch_statistics(decoder)
         if config.get("compile"):
             self.compile_networks()
-        self.graph: StepGraph | None = None
-        if config.get("cuda_graphs"):
-            blocker = capture_blocker(config, device or torch.device("cpu"), dist)
-            if blocker is None:
-                self.graph = StepGraph(self)
-            else:
-                warnings.warn(f"cuda_graphs=true, but {blocker}: every step runs eagerly", GraphCaptureWarning, stacklevel=3)
+        # set up once for every step: the networks and all their modules (for train mode), each
+        # optimizer's parameters (their gradients are reset and clipped), the parameters whose
+        # gradients are averaged across processes, and the discriminator's, which the
+        # encoder/decoder update freezes
+        self._networks = [m for m in (encoder, decoder, self.discriminator) if m is not None]
+        self._modules = [m for network in self._networks for m in network.modules()]
+        self._disc_params = list(self.discriminator.parameters()) if self.discriminator is not None else []
+        gen_params = optimizer_parameters(gen_optimizer)
+        disc_params = optimizer_parameters(self.disc_optimizer) if self.disc_optimizer is not None else []
+        self._optimized = {"gen": gen_params, "disc": disc_params}
+        self._averaged = {"gen": gen_params, "disc": self._disc_params}
 
     def compile_networks(self, fullgraph: bool = False) -> None:
         """``torch.compile`` every network call of a step (config ``compile``): the encoder's and
@@ -100,13 +115,13 @@ class AlgorithmStep:
             features = torch.compile(type(self.discriminator).features, fullgraph=fullgraph)
             self.discriminator.features = types.MethodType(features, self.discriminator)
 
-    def forward_precision(self) -> ContextManager[Any]:
+    def forward_precision(self, cache: bool = True) -> ContextManager[Any]:
         """Autocast for the forward passes (losses stay float32: the likelihoods and the fused head
-        compute in float32); a no-op at precision "32"."""
+        compute in float32); a no-op at precision "32".  ``cache``: autocast may cache the weights
+        it casts (``StepHooks.autocast_cache``: not where a CUDA graph replays the step)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        # a graph replays the casts it recorded; autocast's cache of cast weights would go stale
-        return torch.autocast(self.device_type, dtype=self.amp_dtype, cache_enabled=self.graph is None)
+        return torch.autocast(self.device_type, dtype=self.amp_dtype, cache_enabled=cache)
 
     def state_dict(self) -> dict[str, Any]:
         """The optimizers' and loss scalers' state (scalers: empty unless precision is "16-mixed")
@@ -119,8 +134,7 @@ class AlgorithmStep:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` saved; a captured graph is dropped (the optimizers' state
-        tensors are new) and captured again.  A checkpoint from before the EMA warm-up has no
+        """Restore what ``state_dict`` saved.  A checkpoint from before the EMA warm-up has no
         update count: its average was kept at the full decay, and goes on at it."""
         if self.ema is not None:
             updates = state.get("ema_updates")
@@ -131,40 +145,25 @@ class AlgorithmStep:
         for name, scaler in self.scalers.items():
             if name in (state.get("scalers") or {}):
                 scaler.load_state_dict(state["scalers"][name])
-        if self.graph is not None:
-            self.graph.reset()
 
-    def _update(self, which: str, optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: Iterable[torch.Tensor], clip: float | None) -> None:
+    def _update(self, which: str, optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float | None, hooks: StepHooks) -> None:
         """Backward, gradient averaging, (unscaling,) clipping and the optimizer step."""
         scaler = self.scalers.get(which)
-        optimizer.zero_grad(set_to_none=True)
+        params = self._optimized[which]
+        for p in params:  # optimizer.zero_grad(set_to_none=True), without its profiler range
+            p.grad = None
         (scaler.scale(loss) if scaler is not None else loss).backward()
-        average_gradients(params, self.dist)
+        if self.dist.enabled:
+            average_gradients(self._averaged[which], self.dist)
         if scaler is not None:
             scaler.unscale_(optimizer)
-        clip_gradients(optimizer, clip)
+        if clip is not None:
+            clip_gradients(optimizer, clip, params)
         if scaler is not None:
             scaler.step(optimizer)  # skipped when this optimizer's gradients overflowed
             scaler.update()
-        elif self.recording:
-            with self.graph.gated(optimizer):  # type: ignore[union-attr]
-                optimizer.step()
         else:
-            optimizer.step()
-
-    @property
-    def recording(self) -> bool:
-        """The step is being rehearsed or recorded for a CUDA graph (see ``step_graph``)."""
-        return self.deferred_checks is not None  # only a StepGraph sets it
-
-    def check_loss(self, term: str, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
-        """Raise ``TrainingDivergedError`` when ``loss`` (``"d_loss"`` or ``"g_loss"``) is divergent;
-        while a graph records the step, note it for after the replay instead."""
-        if self.recording:
-            self.deferred_checks.append((term, loss, dict(terms)))  # type: ignore[union-attr]
-            self.graph.flag(term, loss)  # type: ignore[union-attr]  # the graph's updates skip on the device
-            return
-        self.guard.check_loss(term, loss, terms, *self.where)
+            hooks.optimizer_step(optimizer)
 
     def make_batch(self, x: torch.Tensor) -> JointBatch:
         """The step's joint samples for the data batch ``x`` (prior codes drawn here)."""
@@ -173,35 +172,37 @@ class AlgorithmStep:
             decode_together=self.decode_together,
         )
 
-    def discriminator_step(self, batch: JointBatch) -> dict[str, torch.Tensor]:
+    def discriminator_step(self, batch: JointBatch, hooks: StepHooks | None = None) -> dict[str, torch.Tensor]:
         """``n_critic`` discriminator updates on the batch's samples, generator outputs detached."""
         terms: dict[str, torch.Tensor] = {}
         if self.discriminator is None or self.disc_optimizer is None:
             return terms
+        hooks = self.hooks if hooks is None else hooks
         optim = self.config["optim"]
         for _ in range(optim["n_critic"]):
-            with self.forward_precision():
+            with self.forward_precision(hooks.autocast_cache):
                 d_loss, terms = self.divergence.discriminator_loss(self.discriminator, batch)
-            self.check_loss("d_loss", d_loss, terms)
+            hooks.check_loss("d_loss", d_loss, terms)
             clip = optim["disc_clip_grad_norm"] or optim["clip_grad_norm"]
-            self._update("disc", self.disc_optimizer, d_loss, self.discriminator.parameters(), clip)
+            self._update("disc", self.disc_optimizer, d_loss, clip, hooks)
         return terms
 
-    def generator_step(self, batch: JointBatch) -> dict[str, torch.Tensor]:
+    def generator_step(self, batch: JointBatch, hooks: StepHooks | None = None) -> dict[str, torch.Tensor]:
         """One encoder/decoder update on the divergence's objective, the discriminator frozen."""
-        if self.discriminator is not None:
-            self.discriminator.requires_grad_(False)
+        hooks = self.hooks if hooks is None else hooks
+        frozen = self._disc_params  # Module.requires_grad_, without walking the modules each step
+        for p in frozen:
+            p.requires_grad_(False)
         try:
-            with self.forward_precision():
+            with self.forward_precision(hooks.autocast_cache):
                 g_loss, terms = self.divergence.generator_loss(self.discriminator, batch)
-            self.check_loss("g_loss", g_loss, terms)
-            params = [p for group in self.gen_optimizer.param_groups for p in group["params"]]
-            self._update("gen", self.gen_optimizer, g_loss, params, self.config["optim"]["clip_grad_norm"])
+            hooks.check_loss("g_loss", g_loss, terms)
+            self._update("gen", self.gen_optimizer, g_loss, self.config["optim"]["clip_grad_norm"], hooks)
             if self.ema is not None:
-                self.ema.update(self.graph.ema_weight() if self.recording else None)  # type: ignore[union-attr]
+                self.ema.update(hooks.ema_weight())
         finally:
-            if self.discriminator is not None:
-                self.discriminator.requires_grad_(True)
+            for p in frozen:
+                p.requires_grad_(True)
         return terms
 
     def step(self, x: torch.Tensor, *, number: int = 0, saved: tuple[Path, int] | None = None) -> dict[str, torch.Tensor]:
@@ -209,20 +210,30 @@ class AlgorithmStep:
 
         ``number`` (the step's number) and ``saved`` (the run directory and step of the last
         checkpoint) only go into the message of a divergence."""
-        self.where = (number, saved)
+        self.begin(number, saved)
+        return self.updates(x, self.hooks)
+
+    def begin(self, number: int, saved: tuple[Path, int] | None = None) -> None:
+        """What comes before step ``number``'s updates: its learning rates (``optim.schedule``), the
+        networks in train mode, and where the guard's message says it is."""
+        self.guard.at(number, saved)
         optim = self.config["optim"]
         if is_scheduled(optim):
             set_learning_rates(optim, self.gen_optimizer, self.disc_optimizer, lr_factor(optim, number - 1, self.config["steps"]))
-        for module in (self.encoder, self.decoder, self.discriminator):
-            if module is not None:
-                module.train()
-        if self.graph is not None:
-            return self.graph.step(x)
-        return self.updates(x)
+        self.train_mode()
 
-    def updates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The step's updates on ``x`` (what ``step`` runs, or replays from a CUDA graph)."""
+    def train_mode(self) -> None:
+        """Every network in train mode (``Module.train``): the networks are walked only when a
+        module is in eval mode, which inference and evaluation never leave behind."""
+        for module in self._modules:
+            if not module.training:
+                for network in self._networks:
+                    network.train()
+                return
+
+    def updates(self, x: torch.Tensor, hooks: StepHooks | None = None) -> dict[str, torch.Tensor]:
+        """The step's updates on ``x``, with ``hooks`` (default: the host's, ``self.hooks``)."""
         batch = self.make_batch(x)
-        terms = self.discriminator_step(batch)
-        terms.update(self.generator_step(batch))
+        terms = self.discriminator_step(batch, hooks)
+        terms.update(self.generator_step(batch, hooks))
         return terms

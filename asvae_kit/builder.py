@@ -26,8 +26,9 @@ from .guard import DivergenceGuard
 from .optimizers import make_optimizers, set_learning_rates
 from .plugin_manager import get_registry
 from .rundir import CONFIG_FILE
+from .schema import legacy_defaults, load_overrides
 from .splits import ConfiguredData
-from .step_graph import capture_blocker
+from .step_graph import GraphCaptureWarning, StepGraph, capture_blocker
 from .trainer import Trainer
 
 __all__ = ["build", "build_from_config", "build_entry", "load", "LOAD_OVERRIDES", "DEFAULT_PRESET"]
@@ -73,14 +74,16 @@ def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer
     device = resolve_device(config["device"], dist)
     networks = [m.to(device) for m in (encoder, decoder, discriminator) if m is not None]
     broadcast_parameters(networks, dist)
-    capturable = bool(config["cuda_graphs"]) and capture_blocker(config, device, dist) is None
+    # cuda_graphs: the one place that decides whether a CUDA graph wraps the step
+    blocker = capture_blocker(config, device, dist) if config["cuda_graphs"] else None
+    capturable = bool(config["cuda_graphs"]) and blocker is None
     gen_optimizer, disc_optimizer = make_optimizers(config["optim"], encoder, decoder, discriminator, capturable=capturable)
     data = None
     if config["data"].get("name") is not None:
         entry = config["data"]
-        factory = get_registry().get("dataset", entry["name"]).factory
+        component = get_registry().get("dataset", entry["name"])
         data = ConfiguredData(
-            entry, config["holdout"], lambda e: build_entry("dataset", e), factory, full=dataset,
+            entry, config["holdout"], lambda e: build_entry("dataset", e), component, full=dataset,
             val_fraction=config["val_fraction"], val_max=config["val_max"],
         )
     algorithm = AlgorithmStep(
@@ -88,6 +91,10 @@ def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer
         disc_optimizer=disc_optimizer, config=config, dist=dist, guard=DivergenceGuard(config["diverge_factor"]),
         ema=EMA({"encoder": encoder, "decoder": decoder}, config["ema"]) if config["ema"] else None, device=device,
     )
+    if capturable:
+        algorithm = StepGraph(algorithm)  # type: ignore[assignment]  # the step's interface, replayed from a graph
+    elif config["cuda_graphs"]:
+        warnings.warn(f"cuda_graphs=true, but {blocker}: every step runs eagerly", GraphCaptureWarning, stacklevel=3)
     loggers = [build_entry("logger", parse_spec(spec, "logger")) for spec in config["loggers"]]  # on every rank: a missing package fails everywhere
     return Trainer(config, algorithm=algorithm, data_shape=data_shape, device=device, dist=dist, data=data, loggers=loggers)
 
@@ -104,11 +111,9 @@ def build(preset: str | Mapping[str, Any] = DEFAULT_PRESET, /, **overrides: Any)
     return build_from_config(resolve_config(preset, overrides))
 
 
-#: Keys ``load`` lets a caller change: where and how long to go on, never what the model is.
-LOAD_OVERRIDES = (
-    "steps", "log_every", "sample_every", "checkpoint_every", "device", "metrics", "eval_size", "diverge_factor", "keep_checkpoints",
-    "loggers", "threads", "optim.lr", "optim.disc_lr", "compile", "cuda_graphs",
-)
+#: Keys ``load`` lets a caller change: where and how long to go on, never what the model is
+#: (``Key.on_load`` in ``asvae_kit.schema``).
+LOAD_OVERRIDES = load_overrides()
 
 
 def load(run_dir: str | os.PathLike, /, **overrides: Any) -> Trainer:
@@ -126,14 +131,9 @@ def load(run_dir: str | os.PathLike, /, **overrides: Any) -> Trainer:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{config_path} is not valid JSON ({exc})") from None
-    if isinstance(config, dict):
-        # Runs from before held-out splits trained on all of a data set without a test split:
-        # nothing of it is held out, so evaluating them on "test" is refused, not faked.
-        config.setdefault("holdout", 0.0)
-        # Runs from before validation slices trained on all of their training split: no
-        # validation slice (evaluating them on "val" is refused), and "train" is what they trained on.
-        config.setdefault("val_fraction", 0.0)
-        config.setdefault("val_max", None)
+    if isinstance(config, dict):  # keys a run saved before they existed lacks (``Key.legacy``: holdout, val_fraction, val_max)
+        for key, value in legacy_defaults().items():
+            config.setdefault(key, value)
     for key in overrides:
         if key not in LOAD_OVERRIDES and not key.startswith("data."):
             allowed = ", ".join(LOAD_OVERRIDES)

@@ -8,11 +8,12 @@ and NaN or infinity is never a valid number.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import ConfigError
+from .names import must_be_one_of
 
-__all__ = ["is_int", "is_number", "check_int", "check_number", "check_bool"]
+__all__ = ["is_int", "is_number", "check_int", "check_number", "check_bool", "check_choice"]
 
 
 def is_int(value: Any) -> bool:
@@ -71,4 +72,13 @@ def check_bool(value: Any, what: str, *, error: type[Exception] = ConfigError) -
     """``value`` when it is ``True`` or ``False``; ``error`` otherwise."""
     if not isinstance(value, bool):
         raise error(f"{what} must be true or false, got {value!r}")
+    return value
+
+
+def check_choice(value: Any, choices: Iterable[str], what: str, *, note: str = "", error: type[Exception] = ConfigError) -> Any:
+    """``value`` when it is one of ``choices``; otherwise ``error`` in the one wording of
+    ``asvae_kit.names.must_be_one_of`` (the choices, the value, a did-you-mean, then ``note``)."""
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise error(must_be_one_of(what, value, choices, note))
     return value

@@ -15,9 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
+from ._version import __version__
 from .errors import AsvaeKitError
 from .names import did_you_mean
+from .schema import SCHEMA, Bool, Choice, Int, Key, Number, Specs
+from .splits import SPLITS
 
 __all__ = ["main", "make_parser", "CommandError"]
 
@@ -61,7 +63,6 @@ def _int_at_least(minimum: int):
 
 
 _positive = _int_at_least(1)
-_non_negative = _int_at_least(0)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,8 +85,30 @@ class _Parser(argparse.ArgumentParser):
         return {o for parser in parsers for a in parser._actions for o in a.option_strings if o.startswith("--")}
 
 
-#: ``--split`` choices: ``asvae_kit.splits.SPLITS`` (not imported here: it imports torch), default first.
-SPLIT_CHOICES = ("test", "val", "train")
+#: ``--split`` choices: ``asvae_kit.splits.SPLITS``.
+SPLIT_CHOICES = SPLITS
+
+
+def _flag_dest(key: Key) -> str:
+    """The argparse attribute of the ``train`` flag that sets ``key`` (``--batch-size``: ``batch_size``)."""
+    return key.flag.lstrip("-").replace("-", "_")  # type: ignore[union-attr]
+
+
+def _add_key_flag(parser: argparse.ArgumentParser, key: Key) -> None:
+    """The ``train`` flag of a config key: its type, choices and help from the schema."""
+    check = key.check
+    options: dict[str, Any] = {"dest": _flag_dest(key), "help": f"{key.help} (config {key.name})"}
+    if isinstance(check, Bool):
+        options.update(action="store_const", const=True)
+    elif isinstance(check, Choice):
+        options["choices"] = check.choices
+    elif isinstance(check, Int):
+        options["type"] = _int_at_least(check.minimum)
+    elif isinstance(check, Number):
+        options["type"] = float
+    elif isinstance(check, Specs):
+        options["type"] = check.from_text
+    parser.add_argument(key.flag, **options)
 
 
 def _version() -> str:
@@ -106,22 +129,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="preset name (default: resnet-asvae, or the config file's 'preset'; see `asvae-kit list preset`)")
     p.add_argument("--config", help="a config file (JSON, YAML or TOML; a run's config.json reproduces that run): its keys over the preset, flags over both")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    p.add_argument("--data", help="dataset name (default: the preset's, digits)")
+    for key in SCHEMA:  # --data, --batch-size, --steps, --lr, --seed, ...: one flag per key that has one
+        if key.flag:
+            _add_key_flag(p, key)
     p.add_argument("--data-dir", help="directory holding the dataset's files (else $ASVAE_KIT_DATA)")
     p.add_argument("--download", action="store_true", help="download the dataset's published files if missing")
-    p.add_argument("--steps", type=_non_negative, help="total number of steps of the run")
-    p.add_argument("--batch-size", type=_positive)
-    p.add_argument("--lr", type=float, help="learning rate of both optimizers (optim.lr)")
-    p.add_argument("--seed", type=_non_negative)
-    p.add_argument("--log-every", type=_non_negative, help="steps between metrics.csv rows")
-    p.add_argument("--sample-every", type=_non_negative, help="steps between image grids")
-    p.add_argument("--checkpoint-every", type=_non_negative, help="steps between checkpoints")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--precision", choices=("32", "bf16", "16-mixed"), help="32 (default), bf16 autocast, or 16-mixed (float16 autocast with loss scaling)")
-    p.add_argument("--threads", type=_positive, help="CPU threads for torch (config threads); one per core is the default")
-    p.add_argument("--compile", action="store_const", const=True, help="torch.compile the losses and the networks they call (config compile)")
-    p.add_argument("--cuda-graphs", action="store_const", const=True, help="replay each training step from one CUDA graph (config cuda_graphs; GPU only)")
-    p.add_argument("--logger", help="comma-separated loggers: csv (default), tensorboard, wandb (offline); see `asvae-kit list logger`")
     p.add_argument("--set", dest="sets", type=_set_pair, action="append", default=[], metavar="KEY=VALUE", help="any config key, dotted for nested ones (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps (--lr may change the learning rate)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out that holds no run")
@@ -194,31 +206,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     file_config = load_config_file(args.config) if args.config else {}
     file_preset = file_config.pop("preset", None)
-    if args.data:
-        overrides["data"] = args.data
+    for key in SCHEMA:
+        value = getattr(args, _flag_dest(key)) if key.flag else None
+        if value is not None:
+            overrides[key.name] = value
     if args.data_dir:
         overrides["data.data_dir"] = args.data_dir
     if args.download:
         overrides["data.download"] = True
-    for flag, key in (
-        ("steps", "steps"),
-        ("batch_size", "batch_size"),
-        ("lr", "optim.lr"),
-        ("seed", "seed"),
-        ("log_every", "log_every"),
-        ("sample_every", "sample_every"),
-        ("checkpoint_every", "checkpoint_every"),
-        ("device", "device"),
-        ("threads", "threads"),
-        ("precision", "precision"),
-        ("compile", "compile"),
-        ("cuda_graphs", "cuda_graphs"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides[key] = value
-    if args.logger:
-        overrides["loggers"] = [name.strip() for name in args.logger.split(",") if name.strip()]
     overrides.update(dict(args.sets))
     preset = args.preset or file_preset or DEFAULT_PRESET
     if args.print_config:  # a resumed run's config is its own, with the overrides load() allows
@@ -274,11 +269,10 @@ def _check_data_dir_applies(args: argparse.Namespace, preset: str, file_config: 
         return
     from .config import resolve_config
     from .plugin_manager import get_registry
-    from .registry import factory_config_defaults
 
     name = args.data or resolve_config(preset, file_config)["data"]["name"]
-    defaults, accepts_any = factory_config_defaults(get_registry().get("dataset", name).factory)
-    if "data_dir" not in defaults and not accepts_any:
+    options = get_registry().get("dataset", name).options
+    if "data_dir" not in options.keys and not options.accepts_any:
         raise CommandError(
             f"--data-dir applies to datasets read from files (mnist, fashion-mnist, cifar10), not to {name!r}; "
             "add --data NAME"

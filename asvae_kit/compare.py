@@ -312,7 +312,7 @@ def _metric_list(value: Any, where: str, path: Path) -> list[dict[str, Any]]:
     """Parsed metric entries, each a registered metric with options it takes."""
     from .config import parse_metric
     from .plugin_manager import get_registry
-    from .registry import metric_options
+    from .registry import check_metric_options
 
     if not isinstance(value, list) or not value:
         raise _fail(path, f"{where} must be a non-empty list of metrics like ['fd', 'nll:k=100'], got {value!r}")
@@ -321,13 +321,10 @@ def _metric_list(value: Any, where: str, path: Path) -> list[dict[str, Any]]:
         try:
             entry = parse_metric(spec)
             component = get_registry().get("metric", entry["name"])
+            check_metric_options(component, {k: v for k, v in entry.items() if k != "name"})
         except (ConfigError, UnknownComponentError) as exc:
             raise _fail(path, f"{where}: {exc}") from None
         entry["name"] = component.name
-        known, accepts_any = metric_options(component.factory)
-        for key in entry:
-            if key != "name" and key not in known and not accepts_any:
-                raise _fail(path, f"{where}: metric {component.name!r} has no option {key!r}.{did_you_mean(key, known)} Its options: {', '.join(known) or 'none'}.")
         entries.append(entry)
     return entries
 
@@ -597,13 +594,12 @@ def _data_entry(spec: Spec, dataset: DatasetSpec) -> dict[str, Any]:
 
 def _takes_data_dir(name: str) -> bool:
     from .plugin_manager import get_registry
-    from .registry import factory_config_defaults
 
     try:
-        defaults, accepts_any = factory_config_defaults(get_registry().get("dataset", name).factory)
+        options = get_registry().get("dataset", name).options
     except UnknownComponentError:
         return False  # resolve_config names the unknown data set
-    return "data_dir" in defaults and not accepts_any
+    return "data_dir" in options.keys and not options.accepts_any
 
 
 def run_overrides(spec: Spec, run: Run, threads: int = 1) -> dict[str, Any]:

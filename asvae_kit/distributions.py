@@ -107,6 +107,11 @@ class BernoulliLikelihood:
     def __init__(self, logits: torch.Tensor) -> None:
         self.logits = logits
 
+    def rows(self, index: slice) -> "BernoulliLikelihood":
+        """The likelihood of rows ``index`` alone (optional protocol: lets a stacked decoder call be
+        scored one half at a time without scoring the other)."""
+        return BernoulliLikelihood(self.logits[index])
+
     @property
     def mean(self) -> torch.Tensor:
         return torch.sigmoid(self.logits)
@@ -133,6 +138,10 @@ class _LocationScaleLikelihood:
     def __init__(self, mean: torch.Tensor, log_scale: torch.Tensor) -> None:
         self.mean = mean
         self.log_scale = log_scale.expand_as(mean)
+
+    def rows(self, index: slice) -> "_LocationScaleLikelihood":
+        """The likelihood of rows ``index`` alone (see ``BernoulliLikelihood.rows``)."""
+        return type(self)(self.mean[index], self.log_scale[index])
 
 
 class GaussianLikelihood(_LocationScaleLikelihood):

@@ -40,6 +40,13 @@ class EMA:
         #: updates made so far (t); ``update()`` counts its own, a CUDA graph's caller counts its replays
         self.updates = 0
         self._depth = 0
+        # (average, the module's own tensor, floating?) for every entry, paired once: an update then
+        # walks no module.  The modules' tensors keep their identity through training, load_state_dict
+        # and applied(); a network moved to another device afterwards needs a new EMA.
+        self._pairs = [
+            (self.average[name][k], v, v.is_floating_point())
+            for name, m in modules.items() for k, v in m.state_dict(keep_vars=True).items()
+        ]
 
     def decay_at(self, t: int) -> float:
         """The decay of update number ``t`` (0 for the first): ``min(decay, (1 + t) / (10 + t))``."""
@@ -71,13 +78,11 @@ class EMA:
         0, for a skipped step); the graph's owner writes ``next_weight()`` into it on the host
         before each replay and counts the replays (``StepGraph``), since a replay runs no Python."""
         step = self.next_weight() if weight is None else weight
-        for name, module in self.modules.items():
-            average = self.average[name]
-            for k, v in module.state_dict().items():
-                if v.is_floating_point():
-                    average[k].lerp_(v, step)
-                else:
-                    average[k].copy_(v)
+        for average, v, floating in self._pairs:
+            if floating:
+                average.lerp_(v, step)
+            else:
+                average.copy_(v)
         if weight is None:
             self.updates += 1
 

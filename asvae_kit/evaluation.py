@@ -11,7 +11,9 @@ tensor ``[N, C, H, W]`` on the trainer's device.  A metric may also take, by key
 How a metric runs, so that its numbers can be trusted:
 
 - its options are checked before any metric runs (and when the config is validated), by
-  ``asvae_kit.registry.check_metric_options``;
+  ``asvae_kit.registry.check_metric_options``, against the options the registry read from its
+  signature when it registered (``entry.options``: its options, which of ``labels``/``split`` it
+  takes, its ``weights``);
 - under ``torch.no_grad``, with every network in eval mode, each module's mode restored after;
 - under its own forked RNG (CPU, and the trainer's CUDA device when it has one), seeded with its
   ``seed`` option (0 for a metric without one): the same run evaluates to the same numbers every
@@ -28,7 +30,6 @@ name, that is an error; as part of the default set, it becomes a note beside the
 from __future__ import annotations
 
 import contextlib
-import inspect
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -39,7 +40,7 @@ from .config import parse_metric
 from .data import check_images, images_and_labels
 from .errors import AsvaeKitError
 from .plugin_manager import get_registry
-from .registry import check_metric_options, metric_options, metric_weights
+from .registry import ComponentEntry, check_metric_options
 from .splits import check_split
 
 __all__ = ["MetricNotApplicable", "Evaluation", "evaluate", "seeded"]
@@ -80,22 +81,17 @@ def seeded(seed: int | None, device: torch.device | None = None) -> Iterator[Non
         yield
 
 
-def _seed(fn: Callable[..., Any], options: Mapping[str, Any]) -> int:
+def _seed(component: ComponentEntry, options: Mapping[str, Any]) -> int:
     """The seed a metric runs under: its ``seed`` option, else its default for it, else 0."""
     if "seed" in options:
         return int(options["seed"])
-    default = metric_options(fn)[0].get("seed")
+    default = component.options.keys.get("seed")
     return int(default) if is_int(default) else 0
 
 
-def _call(fn: Callable[..., Any], trainer: Any, images: torch.Tensor, options: dict[str, Any], supplied: dict[str, Any]) -> dict[str, float]:
-    _, accepts_any = metric_options(fn)
-    try:
-        params = inspect.signature(fn).parameters
-        takes = {k: v for k, v in supplied.items() if k in params or accepts_any}
-    except (TypeError, ValueError):
-        takes = {}
-    return {k: float(v) for k, v in fn(trainer, images, **options, **takes).items()}
+def _call(component: ComponentEntry, trainer: Any, images: torch.Tensor, options: dict[str, Any], supplied: dict[str, Any]) -> dict[str, float]:
+    takes = {k: v for k, v in supplied.items() if k in component.options.supplied}
+    return {k: float(v) for k, v in component.factory(trainer, images, **options, **takes).items()}
 
 
 def evaluate(
@@ -122,7 +118,7 @@ def evaluate(
         entry = parse_metric(spec)
         component = registry.get("metric", entry["name"])
         options = check_metric_options(component, {k: v for k, v in entry.items() if k != "name"})
-        runs.append((entry["name"], component.factory, options, metric_weights(component.factory, component.name)))
+        runs.append((entry["name"], component, options))
     if data is None:
         chosen = trainer.split_data(split)  # refuses val/test when training read other data (fit(data=...))
         source, dataset = chosen.source, chosen.dataset
@@ -141,11 +137,11 @@ def evaluate(
     values: dict[str, float] = {}
     notes: dict[str, str] = {}
     with trainer.evaluating(), torch.no_grad():
-        for name, fn, options, weights in runs:
+        for name, component, options in runs:
             started = time.perf_counter()
             try:
-                with seeded(_seed(fn, options), trainer.device), trainer.weights(weights):
-                    values.update(_call(fn, trainer, images, options, supplied))
+                with seeded(_seed(component, options), trainer.device), trainer.weights(component.options.weights):
+                    values.update(_call(component, trainer, images, options, supplied))
             except MetricNotApplicable as exc:
                 if explicit:
                     raise

@@ -5,14 +5,18 @@ counts as divergence: at ``--lr 1.0`` the losses jump from about 50 to 1e13 with
 long before they overflow.  The typical level is the lowest running median (over ``window``
 steps, floored at 1) the loss has had since its first ``warmup`` steps, so a loss that climbs
 slowly cannot drag its own yardstick up with it.  ``factor = 0`` switches the check off.
+
+The guard runs on every loss of every step, so its yardstick is kept sorted as values come and go
+(no sort per step), and the step number and last checkpoint for its message are set once per step
+(``at``).
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from pathlib import Path
-from statistics import median
 
 import torch
 
@@ -23,27 +27,59 @@ __all__ = ["DivergenceGuard"]
 _WHAT = {"d_loss": "discriminator loss", "g_loss": "encoder/decoder loss"}
 
 
+class _RunningMedian:
+    """The median of the last ``size`` values, kept sorted as they come and go."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.values: deque[float] = deque()
+        self.ordered: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def add(self, value: float) -> None:
+        if len(self.values) == self.size:
+            del self.ordered[bisect_left(self.ordered, self.values.popleft())]
+        self.values.append(value)
+        insort(self.ordered, value)
+
+    def median(self) -> float:
+        """As ``statistics.median``: the middle value, or the mean of the two middle ones."""
+        n, data = len(self.ordered), self.ordered
+        return data[n // 2] if n % 2 == 1 else (data[n // 2 - 1] + data[n // 2]) / 2
+
+
 class DivergenceGuard:
     """Per-loss yardsticks; ``check`` returns why a value is divergent, or ``None``."""
 
     def __init__(self, factor: float | None, window: int = 200, warmup: int = 1) -> None:
         self.factor = float(factor or 0.0)
         self.window, self.warmup = window, warmup
-        self._recent: dict[str, deque[float]] = {}
+        self._recent: dict[str, _RunningMedian] = {}
         self._typical: dict[str, float] = {}
+        #: (step number, (run directory, step) of the last checkpoint or None) for the message
+        self.where: tuple[int, tuple[Path, int] | None] = (0, None)
+
+    def at(self, step: int, saved: tuple[Path, int] | None = None) -> None:
+        """The losses checked from now on are step ``step``'s; ``saved``: the run directory and
+        step of the last checkpoint (both only go into the message of a divergence)."""
+        self.where = (step, saved)
 
     def check(self, name: str, value: float) -> str | None:
         if not math.isfinite(value):
             return f"became {value}"
         if not self.factor:
             return None
-        recent = self._recent.setdefault(name, deque(maxlen=self.window))
+        recent = self._recent.get(name)
+        if recent is None:
+            recent = self._recent[name] = _RunningMedian(self.window)
         typical = self._typical.get(name)
         if typical is not None and abs(value) > self.factor * typical:
             return f"reached {value:.4g}, over {self.factor:g} times its typical magnitude {typical:.4g}"
-        recent.append(abs(value))
+        recent.add(abs(value))
         if len(recent) >= self.warmup:
-            level = max(median(recent), 1.0)
+            level = max(recent.median(), 1.0)
             self._typical[name] = level if typical is None else min(typical, level)
         return None
 
@@ -53,13 +89,18 @@ class DivergenceGuard:
         typical = self._typical.get(name)
         return self.factor * typical if self.factor and typical is not None else math.inf
 
-    def check_loss(self, term: str, loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int, saved: tuple[Path, int] | None) -> None:
+    def check_loss(
+        self, term: str, loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int | None = None, saved: tuple[Path, int] | None = None
+    ) -> None:
         """Raise ``TrainingDivergedError`` when ``loss`` (``term`` is ``d_loss`` or ``g_loss``) of
         step ``step`` is divergent; the message says what is safe on disk (``saved``: the run
-        directory and the step of its last checkpoint) and how to go on."""
+        directory and the step of its last checkpoint) and how to go on.  Without ``step``, both
+        are what ``at`` set."""
         why = self.check(term, float(loss.detach()))
         if why is None:
             return
+        if step is None:
+            step, saved = self.where
         detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
         if saved is not None:
             run_dir, saved_step = saved

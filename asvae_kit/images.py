@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .checks import check_choice
 from .fileio import atomic_path
 
 __all__ = ["make_grid", "save_image_grid", "interleave_rows", "slerp"]
@@ -61,10 +61,8 @@ IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".pt": "torch t
 def check_image_path(path: str | os.PathLike) -> str:
     """The extension of ``path`` when ``save_images`` can write it; ``ConfigError`` otherwise."""
     suffix = Path(path).suffix.lower()
-    if suffix not in IMAGE_FORMATS:
-        known = ", ".join(f"{k} ({v})" for k, v in IMAGE_FORMATS.items())
-        raise ConfigError(f"cannot tell what to write to {path}: its extension {suffix or '(none)'!r} is not one of {known}")
-    return suffix
+    kinds = ", ".join(f"{k} {v}" for k, v in IMAGE_FORMATS.items())
+    return check_choice(suffix or "(none)", IMAGE_FORMATS, f"cannot tell what to write to {path}: its extension", note=f" ({kinds})")
 
 
 def save_images(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:

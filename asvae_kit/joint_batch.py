@@ -142,8 +142,10 @@ class _Rows:
         return self.likelihood.mean[self.rows]
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        # log_prob is per row, so the other rows are scored against copies of x's (detached) rows and
-        # dropped: values the likelihood accepts (a Bernoulli's 0/1 pixels), in x's own dtype
+        if hasattr(self.likelihood, "rows"):  # the built-in likelihoods slice their parameters
+            return self.likelihood.rows(self.rows).log_prob(x)
+        # a plugin's likelihood: log_prob is per row, so the other rows are scored against copies of
+        # x's (detached) rows and dropped: values it accepts (a Bernoulli's 0/1 pixels), in x's dtype
         total = self.likelihood.mean.shape[0]
         start, stop, _ = self.rows.indices(total)
         pad = x.detach()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from .hookspecs import HOOK_KINDS
 
-__all__ = ["article", "NAME_RE", "is_valid_name", "edit_distance", "close_matches", "did_you_mean", "suggestion_text", "KINDS", "normalize_kind"]
+__all__ = [
+    "article", "NAME_RE", "is_valid_name", "edit_distance", "close_matches", "did_you_mean", "suggestion_text", "must_be_one_of",
+    "KINDS", "normalize_kind",
+]
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
 
@@ -72,3 +75,11 @@ def did_you_mean(name: str, candidates: Iterable[str], limit: int = 1) -> str:
 def suggestion_text(suggestions: Sequence[str]) -> str:
     """``" Did you mean 'a' or 'b'?"`` for ``suggestions`` already chosen; ``""`` for none."""
     return f" Did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+
+
+def must_be_one_of(what: str, value: Any, choices: Iterable[str], note: str = "") -> str:
+    """The one wording for a value outside a fixed list of choices:
+    ``"{what} must be one of 'a', 'b', got 'x'. Did you mean 'a'?{note}"``.  ``note`` (say why,
+    or what each choice is for) follows as given, so it starts with a space."""
+    choices = tuple(choices)
+    return f"{what} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}.{did_you_mean(str(value), choices)}{note}"

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["make_optimizers", "load_optimizer_state", "set_learning_rates", "lr_factor", "is_scheduled", "clip_gradients"]
+__all__ = [
+    "make_optimizers", "load_optimizer_state", "set_learning_rates", "lr_factor", "is_scheduled", "clip_gradients", "optimizer_parameters",
+]
 
 
 def make_optimizers(
@@ -102,7 +104,13 @@ def is_scheduled(optim: dict[str, Any]) -> bool:
     return bool(optim.get("warmup_steps")) or optim.get("schedule", "constant") != "constant"
 
 
-def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None) -> None:
-    """Clip the gradients of ``optimizer``'s parameters to ``max_norm`` (no-op for ``None``)."""
+def optimizer_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """``optimizer``'s parameters, group after group."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None, params: list[torch.Tensor] | None = None) -> None:
+    """Clip the gradients of ``optimizer``'s parameters (``params``, when the caller has listed
+    them already: ``optimizer_parameters``) to ``max_norm`` (no-op for ``None``)."""
     if max_norm is not None:
-        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_norm)
+        torch.nn.utils.clip_grad_norm_(optimizer_parameters(optimizer) if params is None else params, max_norm)

@@ -21,10 +21,11 @@ from typing import Any, Callable
 
 import pluggy
 
-from . import __version__, hookspecs
+from . import hookspecs
+from ._version import __version__
 from .errors import ConfigError, PluginError
 from .names import is_valid_name
-from .registry import ComponentEntry, PluginRecord, Registry, metric_weights
+from .registry import ComponentEntry, PluginRecord, Registry
 
 __all__ = [
     "get_registry",
@@ -106,13 +107,8 @@ def _collect(pm: pluggy.PluginManager, plugin_name: str, record: PluginRecord) -
                         )
                 if not callable(factory):
                     raise PluginError(f"plugin {plugin_name!r} registered {_kind} {name!r} with a factory that is not callable: {factory!r}")
-                if _kind == "metric":
-                    try:
-                        metric_weights(factory, name)
-                    except ConfigError as exc:
-                        raise PluginError(f"plugin {plugin_name!r}: {exc}") from None
-                staged.append(
-                    ComponentEntry(
+                try:  # reads the factory's options once, and a metric's weights attribute
+                    entry = ComponentEntry(
                         kind=_kind,
                         name=name,
                         factory=factory,
@@ -122,7 +118,9 @@ def _collect(pm: pluggy.PluginManager, plugin_name: str, record: PluginRecord) -
                         distribution=record.distribution,
                         version=record.version,
                     )
-                )
+                except ConfigError as exc:
+                    raise PluginError(f"plugin {plugin_name!r}: {exc}") from None
+                staged.append(entry)
 
             impl.function(register=register)
     return staged

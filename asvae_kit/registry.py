@@ -1,27 +1,33 @@
 """The component table: entries by (kind, name), the plugin records, lookup and listing, and
 what config keys each factory takes.
 
+A factory's options (its config keys with their defaults, whether it takes ``**kwargs``, which of
+the builder's keys it takes, a metric's ``weights``) are read from its signature once, when its
+entry is made at registration (``read_options``), and kept on the entry as ``entry.options``;
+``describe``, the config checks, evaluation and the splits read them there.
+
 A ``Registry`` is filled by ``asvae_kit.plugin_manager.load_plugins``, which also holds the
 process-wide one (``get_registry``); this module imports nothing of the plugin machinery.
 """
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .errors import ConfigError, UnknownComponentError
 from .names import KINDS, article, close_matches, did_you_mean, normalize_kind
 
 __all__ = [
     "ComponentEntry",
+    "ComponentOptions",
+    "read_options",
     "PluginRecord",
     "Registry",
     "check_config_keys",
-    "factory_config_defaults",
-    "metric_options",
     "check_metric_options",
     "metric_weights",
     "CONTEXT_KEYS",
@@ -40,8 +46,29 @@ METRIC_WEIGHTS = ("average", "raw")
 
 
 @dataclass(frozen=True)
+class ComponentOptions:
+    """What a component's factory takes, read from its signature once (``read_options``)."""
+
+    #: its config keys (a metric: its options) with their defaults; ``None`` for a required one
+    keys: Mapping[str, Any]
+    #: it takes ``**kwargs``, so keys it does not name cannot be checked
+    accepts_any: bool
+    #: the builder's keyword arguments it takes (of ``CONTEXT_KEYS``: data_shape, latent_dim, num_heads)
+    context: tuple[str, ...] = ()
+    #: a metric: the arguments evaluation supplies that it takes by keyword (of ``METRIC_SUPPLIED``)
+    supplied: tuple[str, ...] = ()
+    #: a metric: the weights it is evaluated with, ``"average"`` or ``"raw"`` (``METRIC_WEIGHTS``)
+    weights: str | None = None
+
+    def defaults(self) -> dict[str, Any]:
+        """A copy of ``keys`` (lists and mappings in it too), safe to hand out."""
+        return copy.deepcopy(dict(self.keys))
+
+
+@dataclass(frozen=True)
 class ComponentEntry:
-    """One registered component."""
+    """One registered component; ``options`` is read from the factory when the entry is made
+    (``dataclasses.replace(entry, factory=...)`` reads the new factory's)."""
 
     kind: str
     name: str
@@ -51,6 +78,10 @@ class ComponentEntry:
     plugin: str
     distribution: str | None
     version: str | None
+    options: ComponentOptions = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", read_options(self.factory, self.kind, self.name))
 
 
 @dataclass
@@ -81,51 +112,57 @@ class PluginRecord:
         }
 
 
-def factory_config_defaults(factory: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
-    """Config keys with their defaults, read from the factory's signature.
+def _signature_options(factory: Callable[..., Any], metric: bool) -> ComponentOptions:
+    """``factory``'s options without ``weights``: the one reading of a factory's signature.
 
-    Returns ``(defaults, accepts_any)``; required keys map to ``None``; ``accepts_any`` is true
-    when the factory takes ``**kwargs`` (then unknown keys cannot be checked).
-    """
+    A network, divergence, dataset or logger factory: its keyword parameters, less the builder's
+    ``CONTEXT_KEYS`` (tuple defaults as lists, as JSON has them).  A metric ``fn(trainer, data,
+    ...)``: its keyword parameters after ``trainer, data``, less ``METRIC_SUPPLIED``.  A factory
+    without a readable signature takes anything."""
     try:
-        sig = inspect.signature(factory)
+        params = list(inspect.signature(factory).parameters.values())
     except (TypeError, ValueError):
-        return {}, True
-    defaults: dict[str, Any] = {}
+        return ComponentOptions({}, True)
+    keys: dict[str, Any] = {}
     accepts_any = False
-    for p in sig.parameters.values():
+    if metric:
+        for p in params[2:]:
+            if p.kind is p.VAR_KEYWORD:
+                accepts_any = True
+            elif p.kind is not p.VAR_POSITIONAL and p.name not in METRIC_SUPPLIED:
+                keys[p.name] = None if p.default is p.empty else p.default
+        names = {p.name for p in params}
+        return ComponentOptions(keys, accepts_any, supplied=tuple(k for k in METRIC_SUPPLIED if k in names or accepts_any))
+    context = []
+    for p in params:
         if p.kind is p.VAR_KEYWORD:
             accepts_any = True
             continue
-        if p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) or p.name in CONTEXT_KEYS or p.name == "self":
+        if p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) or p.name == "self":
+            continue
+        if p.name in CONTEXT_KEYS:
+            context.append(p.name)
             continue
         value = None if p.default is p.empty else p.default
-        defaults[p.name] = list(value) if isinstance(value, tuple) else value
-    return defaults, accepts_any
+        keys[p.name] = list(value) if isinstance(value, tuple) else value
+    return ComponentOptions(keys, accepts_any, context=tuple(context))
 
 
-def metric_options(fn: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
-    """A metric's own options with their defaults (its keyword parameters after ``trainer, data``),
-    and whether it takes ``**kwargs``."""
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return {}, True
-    options: dict[str, Any] = {}
-    accepts_any = False
-    for p in params[2:]:
-        if p.kind is p.VAR_KEYWORD:
-            accepts_any = True
-        elif p.kind is not p.VAR_POSITIONAL and p.name not in METRIC_SUPPLIED:
-            options[p.name] = None if p.default is p.empty else p.default
-    return options, accepts_any
+def read_options(factory: Callable[..., Any], kind: str, name: str | None = None) -> ComponentOptions:
+    """The options of the ``kind`` component ``name`` built by ``factory`` (``ComponentEntry``
+    reads them once, at registration).  A metric's ``weights`` attribute is checked here too
+    (``ConfigError`` for a bad one)."""
+    options = _signature_options(factory, kind == "metric")
+    if kind == "metric":
+        options = ComponentOptions(options.keys, options.accepts_any, options.context, options.supplied, metric_weights(factory, name))
+    return options
 
 
 def check_metric_options(entry: ComponentEntry, options: dict[str, Any]) -> dict[str, Any]:
     """``options`` when the metric of ``entry`` takes every one of them; ``ConfigError`` with a
     did-you-mean otherwise.  A ``seed`` option must be a non-negative integer.  The one check
     for metric options, run when a config is validated and again when ``evaluate`` is called."""
-    known, accepts_any = metric_options(entry.factory)
+    known, accepts_any = entry.options.keys, entry.options.accepts_any
     for key in options:
         if key not in known and not accepts_any:
             raise ConfigError(
@@ -218,7 +255,6 @@ class Registry:
 
     def describe(self, name: str, kind: str | None = None) -> dict[str, Any]:
         entry = self.find(name, kind)
-        config, accepts_any = factory_config_defaults(entry.factory)
         info: dict[str, Any] = {
             "kind": entry.kind,
             "name": entry.name,
@@ -227,14 +263,11 @@ class Registry:
             "provider": entry.plugin,
             "distribution": entry.distribution,
             "version": entry.version,
-            "config": config,
-            "accepts_extra_config": accepts_any,
+            "config": entry.factory() if entry.kind == "preset" else entry.options.defaults(),
+            "accepts_extra_config": entry.options.accepts_any,
         }
-        if entry.kind == "preset":
-            info["config"] = entry.factory()
-        elif entry.kind == "metric":
-            info["config"], info["accepts_extra_config"] = metric_options(entry.factory)
-            info["weights"] = metric_weights(entry.factory, entry.name)
+        if entry.kind == "metric":
+            info["weights"] = entry.options.weights
         return info
 
     def build(self, kind: str, name: str, **config: Any) -> Any:
@@ -263,7 +296,7 @@ def check_config_keys(entry: ComponentEntry, config: dict[str, Any], *, allow_co
                 raise ConfigError(
                     f"{entry.kind} {entry.name!r}: {key!r} is not set per component; it comes from {_CONTEXT_SOURCE[key]}"
                 )
-    defaults, accepts_any = factory_config_defaults(entry.factory)
+    defaults, accepts_any = entry.options.keys, entry.options.accepts_any
     if accepts_any:
         return
     allowed = set(defaults) | set(CONTEXT_KEYS)

@@ -20,24 +20,24 @@ the rule; the trainer, ``evaluate`` and the command line only ask it for a split
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-from torch.utils.data import Dataset, Subset
+from .checks import check_choice
+from .errors import DataError
+from .registry import ComponentEntry, ComponentOptions, read_options
 
-from .data import ImageDataset
-from .errors import ConfigError, DataError
-from .names import did_you_mean
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 __all__ = [
     "SPLITS", "HOLDOUT_SEED", "DataSplit", "ConfiguredData", "has_test_split", "holdout_indices", "split_indices",
     "split_dataset", "check_split",
 ]
 
-#: The splits of every data set, in the order a workflow uses them: fit, tune, report.
+#: The splits of every data set, in the order a workflow uses them: fit, tune, report.  (This module
+#: imports torch only where it slices data, so the command line reads ``SPLITS`` without it.)
 SPLITS = ("train", "val", "test")
 
 #: The held-out slices are a function of the data set's size alone (not of the run's seed).
@@ -55,22 +55,20 @@ class DataSplit:
 
 def check_split(split: Any) -> str:
     """``split`` when it names one of ``SPLITS``; ``ConfigError`` naming the choices otherwise."""
-    if split not in SPLITS:
-        raise ConfigError(
-            f"split must be one of {', '.join(repr(s) for s in SPLITS)}, got {split!r}.{did_you_mean(str(split), SPLITS)} "
-            "'val' is for tuning, 'test' for final numbers, 'train' for the images trained on"
-        )
-    return split
+    return check_choice(split, SPLITS, "split", note=" 'val' is for tuning, 'test' for final numbers, 'train' for the images trained on")
 
 
-def has_test_split(entry: dict[str, Any], factory: Callable[..., Any]) -> bool:
-    """True when the data set ``entry`` (built by ``factory``) can be rebuilt with
-    ``split="test"`` and trains on ``"train"``."""
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return False
-    return "split" in params and entry.get("split", params["split"].default) == "train"
+def _options(component: ComponentEntry | Callable[..., Any]) -> ComponentOptions:
+    """The options of a registered data set (read when it registered), or of a bare factory."""
+    return component.options if isinstance(component, ComponentEntry) else read_options(component, "dataset")
+
+
+def has_test_split(entry: dict[str, Any], component: ComponentEntry | Callable[..., Any]) -> bool:
+    """True when the data set ``entry`` (of the registered ``component``, or built by a bare
+    factory) can be rebuilt with ``split="test"`` and trains on ``"train"``: its factory takes a
+    ``split`` option, set (or defaulting) to ``"train"``."""
+    keys = _options(component).keys
+    return "split" in keys and entry.get("split", keys["split"]) == "train"
 
 
 def _slice_size(n: int, fraction: float, cap: int | None = None) -> int:
@@ -91,6 +89,8 @@ def split_indices(n: int, holdout: float = 0.0, val_fraction: float = 0.0, val_m
     fraction is positive and at least two are left, and training always keeps one."""
     n_test = _slice_size(n, holdout)
     n_val = _slice_size(n - n_test, val_fraction, val_max)
+    import torch
+
     if n_test == 0 and n_val == 0:
         return {"train": torch.arange(n), "val": torch.arange(0), "test": torch.arange(0)}
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
@@ -109,6 +109,10 @@ def holdout_indices(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _subset(dataset: Any, indices: torch.Tensor, suffix: str) -> Any:
+    from torch.utils.data import Dataset, Subset
+
+    from .data import ImageDataset
+
     if isinstance(dataset, ImageDataset):
         labels = dataset.labels[indices] if dataset.labels is not None else None
         return ImageDataset(dataset.images[indices], labels, name=f"{dataset.name}[{suffix}]")
@@ -123,17 +127,17 @@ def split_dataset(
     holdout: float,
     split: str,
     build: Callable[[dict[str, Any]], Any],
-    factory: Callable[..., Any],
+    component: ComponentEntry | Callable[..., Any],
     *,
     val_fraction: float = 0.0,
     val_max: int | None = None,
 ) -> DataSplit:
     """The ``split`` (``"train"``, ``"val"`` or ``"test"``) of the data set ``full`` built from
-    ``entry``; ``build(entry)`` builds its test split where it has one (``factory`` is its
-    registered factory).  ``holdout``, ``val_fraction`` and ``val_max`` are the config's keys."""
+    ``entry``; ``build(entry)`` builds its test split where it has one (``component`` is its
+    registry entry).  ``holdout``, ``val_fraction`` and ``val_max`` are the config's keys."""
     check_split(split)
     name = entry["name"]
-    own_test = has_test_split(entry, factory)
+    own_test = has_test_split(entry, component)
     if own_test and split == "test":
         test = build({**entry, "split": "test"})
         return DataSplit(test, "test", f"the test split of {name} ({len(test)} images, never trained on)")
@@ -183,8 +187,8 @@ def split_dataset(
 class ConfiguredData:
     """The data set of a config entry and its three splits, each built once, on first use.
 
-    ``build(entry)`` turns an entry into a data set and ``factory`` is the entry's registered
-    factory (read for its ``split`` parameter); both come from ``asvae_kit.builder``, the one
+    ``build(entry)`` turns an entry into a data set and ``component`` is its registry entry (whose
+    options say whether it has a ``split``); both come from ``asvae_kit.builder``, the one
     place where names become objects.  ``full`` is the data set when it is already built.
     ``holdout``, ``val_fraction`` and ``val_max`` are the config's keys (docs/design.md §5).
     """
@@ -194,13 +198,13 @@ class ConfiguredData:
         entry: dict[str, Any],
         holdout: float,
         build: Callable[[dict[str, Any]], Any],
-        factory: Callable[..., Any],
+        component: ComponentEntry | Callable[..., Any],
         full: Any = None,
         *,
         val_fraction: float = 0.0,
         val_max: int | None = None,
     ) -> None:
-        self.entry, self.holdout, self._build, self._factory = entry, holdout, build, factory
+        self.entry, self.holdout, self._build, self._component = entry, holdout, build, component
         self.val_fraction, self.val_max = val_fraction, val_max
         self._full = full
         self._splits: dict[str, DataSplit] = {}
@@ -212,7 +216,7 @@ class ConfiguredData:
             if self._full is None:
                 self._full = self._build(self.entry)
             self._splits[split] = split_dataset(
-                self._full, self.entry, self.holdout, split, self._build, self._factory,
+                self._full, self.entry, self.holdout, split, self._build, self._component,
                 val_fraction=self.val_fraction, val_max=self.val_max,
             )
         return self._splits[split]

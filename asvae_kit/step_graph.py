@@ -18,12 +18,17 @@ How a run goes:
    host buffer;
 3. the next step is recorded and replayed, and so is every later step with a batch of that shape.
 
-The divergence guard cannot stop a graph half-way, so the body does its test on the device: a
-loss that is NaN, infinite or above the guard's current limit sets a flag that makes the fused
-Adam steps skip (``found_inf``, as a loss scaler does) and holds the weight average still.  After
-the replay the host reads the losses and raises ``TrainingDivergedError`` as an eager step would,
-with the weights as they were before the step.  Values that change from step to step without
-being a tensor of the step (the guard's limits, the weight average's warmed-up step
+``StepGraph`` wraps an ``AlgorithmStep`` (the builder decides whether to: ``capture_blocker``)
+and offers the trainer the same ``step``/``state_dict``/``load_state_dict`` and parts.  It runs
+the step's updates with hooks of its own (``asvae_kit.step_hooks.StepHooks``): eager ones for the
+steps it does not record, and ``DeviceHooks`` for the body it rehearses and records.
+
+The divergence guard cannot stop a graph half-way, so ``DeviceHooks`` does its test on the
+device: a loss that is NaN, infinite or above the guard's current limit sets a flag that makes the
+fused Adam steps skip (``found_inf``, as a loss scaler does) and holds the weight average still.
+After the replay the host reads the losses and raises ``TrainingDivergedError`` as an eager step
+would, with the weights as they were before the step.  Values that change from step to step
+without being a tensor of the step (the guard's limits, the weight average's warmed-up step
 ``EMA.next_weight()``) live in small device tensors that the host rewrites before each replay;
 the host also counts each replayed step's weight-average update, which the graph cannot.
 
@@ -44,12 +49,15 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator
 import torch
 
 from .errors import GraphCaptureError, TrainingDivergedError
+from .step_hooks import EagerHooks
 
 if TYPE_CHECKING:  # pragma: no cover
     from .algorithm import AlgorithmStep
     from .distributed import DistContext
+    from .ema import EMA
+    from .guard import DivergenceGuard
 
-__all__ = ["StepGraph", "CudaGraphs", "GraphCaptureWarning", "capture_blocker"]
+__all__ = ["StepGraph", "DeviceHooks", "CudaGraphs", "GraphCaptureWarning", "capture_blocker"]
 
 
 class GraphCaptureWarning(UserWarning):
@@ -133,18 +141,104 @@ def _side_stream() -> Iterator[None]:
         torch.cuda.current_stream().wait_stream(stream)
 
 
+class DeviceHooks:
+    """The step's hooks while it is rehearsed and recorded (``asvae_kit.step_hooks.StepHooks``):
+    a loss is tested on the device, where a divergent one sets ``skip``; the optimizers' steps and
+    the weight average's update read ``skip``, so they leave everything as it was; the losses are
+    kept (``checks``) for the host to check after the replay.  ``refresh()`` writes what changes
+    between replays (the guard's limits, the weight average's step) where the graph reads it."""
+
+    autocast_cache = False  # a graph replays the casts it recorded; autocast's cache would go stale
+
+    def __init__(self, guard: "DivergenceGuard", ema: "EMA | None", device: torch.device) -> None:
+        self.guard, self.ema = guard, ema
+        self.skip = torch.zeros((), dtype=torch.float32, device=device)  # 1.0 once a loss of the step is divergent
+        #: the losses of the body so far, with their terms: (term, loss, terms)
+        self.checks: list[tuple[str, torch.Tensor, dict[str, torch.Tensor]]] = []
+        #: term -> (the device tensor the graph reads the guard's limit from, the value written in it)
+        self.limits: dict[str, tuple[torch.Tensor, float]] = {}
+        #: (the device tensor the graph reads the weight average's step from, the value written in it)
+        self.ema_step: tuple[torch.Tensor, float] | None = None
+
+    def begin(self) -> None:
+        """At the start of the body: no loss checked yet, none divergent."""
+        self.skip.zero_()
+        self.checks = []
+
+    def check_loss(self, term: str, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        """Keep ``loss`` for the host, and set ``skip`` when it is NaN, infinite or above the
+        guard's limit."""
+        self.checks.append((term, loss, dict(terms)))
+        if term not in self.limits:  # first met in the rehearsal, which runs eagerly
+            written = self.guard.limit(term)
+            self.limits[term] = (torch.full((), written, device=loss.device), written)
+        limit = self.limits[term][0]
+        value = loss.detach().float()
+        divergent = ~torch.isfinite(value) | (value.abs() > limit)
+        torch.maximum(self.skip, divergent.float(), out=self.skip)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer's step, skipped when ``skip`` is set (fused Adam reads it as ``found_inf``,
+        as for a loss scaler).  Unfused optimizers cannot skip on the device."""
+        fused = all(group.get("fused") for group in optimizer.param_groups)
+        if fused:
+            optimizer.found_inf = self.skip  # type: ignore[attr-defined]
+        try:
+            optimizer.step()
+        finally:
+            if fused:
+                del optimizer.found_inf  # type: ignore[attr-defined]
+
+    def ema_weight(self) -> torch.Tensor:
+        """The weight average's step, 0 when ``skip`` is set.  The warmed-up step
+        (``EMA.next_weight``) changes from step to step, so it lives in a device tensor that the host
+        rewrites before each replay (``refresh``), as the guard's limits do."""
+        assert self.ema is not None
+        if self.ema_step is None:  # first met in the rehearsal, which runs eagerly
+            written = self.ema.next_weight()
+            self.ema_step = (torch.full((), written, device=self.skip.device), written)
+        return (1.0 - self.skip) * self.ema_step[0]
+
+    def refresh(self) -> None:
+        """Before a replay (and the capture): write the guard's current limits and the weight
+        average's step for this update where the graph reads them."""
+        for term, (tensor, written) in self.limits.items():
+            value = self.guard.limit(term)
+            if value != written:
+                tensor.fill_(value)
+                self.limits[term] = (tensor, value)
+        if self.ema_step is not None and self.ema is not None:
+            tensor, written = self.ema_step
+            value = self.ema.next_weight()
+            if value != written:
+                tensor.fill_(value)
+                self.ema_step = (tensor, value)
+
+
 class StepGraph:
-    """``step(x)``: the algorithm step on the batch ``x``, replayed from a CUDA graph where it can be.
+    """The algorithm step ``algorithm``, replayed from a CUDA graph where it can be: ``step(x,
+    number=..., saved=...)``, ``state_dict()`` and ``load_state_dict()`` as ``AlgorithmStep``'s, and
+    the step's parts (networks, optimizers, ``ema``, ``guard``, ``make_batch``...) are the wrapped
+    step's own.
 
     ``backend`` does the CUDA work (``CudaGraphs``); tests give a stand-in to check the rest on CPU.
     """
 
     def __init__(self, algorithm: "AlgorithmStep", *, warmup: int = 2, backend: Any = None) -> None:
         self.algorithm, self.warmup_steps, self.backend = algorithm, warmup, backend or CudaGraphs()
+        #: the hooks of the steps that run eagerly (warm-up, fallback): the guard at once, and autocast
+        #: casting as in the recorded steps
+        self.eager_hooks = EagerHooks(algorithm.guard, autocast_cache=False)
         self.replays = 0
         self.disabled: str | None = None  # why the run went back to eager steps, once it did
         self._told_shape = False
         self.reset()
+
+    def __getattr__(self, name: str) -> Any:
+        """The wrapped step's parts: ``encoder``, ``gen_optimizer``, ``ema``, ``guard``..."""
+        if name.startswith("__") or name == "algorithm":  # copy/pickle probes, and before __init__ set it
+            raise AttributeError(name)
+        return getattr(self.algorithm, name)
 
     @property
     def captured(self) -> bool:
@@ -158,26 +252,35 @@ class StepGraph:
         self._static_x: torch.Tensor | None = None
         self._static_out: torch.Tensor | None = None
         self._layout: tuple[list[tuple[str, list[str]]], list[str]] = ([], [])
-        self.skip: torch.Tensor | None = None  # 1.0 once a loss of the step is divergent
-        self._limits: dict[str, tuple[torch.Tensor, float]] = {}
-        self._ema_step: tuple[torch.Tensor, float] | None = None  # the weight average's step, as the graph reads it
+        #: the recorded body's hooks, made by the rehearsal
+        self.device_hooks: DeviceHooks | None = None
 
-    # -- the step ------------------------------------------------------------------------------
-    def step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        eager = self.algorithm.updates
+    # -- what the trainer calls ----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return self.algorithm.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The wrapped step's ``load_state_dict``; the captured graph is dropped (the optimizers'
+        state tensors are new) and captured again."""
+        self.algorithm.load_state_dict(state)
+        self.reset()
+
+    def step(self, x: torch.Tensor, *, number: int = 0, saved: tuple[Any, int] | None = None) -> dict[str, torch.Tensor]:
+        """``AlgorithmStep.step``: eagerly while warming up, rehearsed once, then replayed."""
+        self.algorithm.begin(number, saved)
         if self.disabled is not None:
-            return eager(x)
+            return self._eager(x)
         if not self.rehearsed:
             if self.warmed < self.warmup_steps:
                 self.warmed += 1
                 with self.backend.warmup():
-                    return eager(x)
+                    return self._eager(x)
             return self._rehearse(x)
         if self._replay is None:
             if self._signature(x) != self._signature(self._static_x):
                 return self._rehearse(x)  # record only what was rehearsed (first-time work for a shape is not recordable)
             self._capture(x)
-        assert self._static_x is not None and self._replay is not None
+        assert self._static_x is not None and self._replay is not None and self.device_hooks is not None
         if self._signature(x) != self._signature(self._static_x):
             if not self._told_shape:
                 self._told_shape = True
@@ -187,13 +290,15 @@ class StepGraph:
                     "whose size is a multiple of batch_size gives full batches only",
                     GraphCaptureWarning, stacklevel=2,
                 )
-            return eager(x)
+            return self._eager(x)
         self._static_x.copy_(x)
-        self._refresh_limits()
-        self._refresh_ema_step()
+        self.device_hooks.refresh()
         self._replay()
         self.replays += 1
         return self._counted(self._results(self._static_out))
+
+    def _eager(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.algorithm.updates(x, self.eager_hooks)
 
     @staticmethod
     def _signature(x: torch.Tensor | None) -> tuple[Any, ...]:
@@ -203,10 +308,9 @@ class StepGraph:
         """Run the body to be recorded once, eagerly, and look for host synchronisation in it."""
         self.rehearsed = True
         self._static_x = x.clone()
-        self.skip = torch.zeros((), dtype=torch.float32, device=x.device)
-        self._refresh_ema_step()
+        self.device_hooks = DeviceHooks(self.algorithm.guard, self.algorithm.ema, x.device)
         with self.backend.warmup(), self.backend.sync_check() as syncs:
-            out = self._recording(self._body)
+            out = self._body()
         if syncs:
             where = ", ".join(dict.fromkeys(syncs))
             self.disabled = f"the step synchronises with the host at {where}"
@@ -225,14 +329,14 @@ class StepGraph:
 
     def _capture(self, x: torch.Tensor) -> None:
         """Record the step for batches like ``x``; a failure is an error (see ``GraphCaptureError``)."""
-        assert self._static_x is not None  # the rehearsal's buffer, of x's shape
+        assert self._static_x is not None and self.device_hooks is not None  # the rehearsal's buffer, of x's shape
         self._static_x.copy_(x)
-        self._refresh_ema_step()
+        self.device_hooks.refresh()
         for optimizer in (self.algorithm.gen_optimizer, self.algorithm.disc_optimizer):
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)  # gradients are then allocated in the graph's memory
         try:
-            self._replay, self._static_out = self._recording(lambda: self.backend.capture(self._body))
+            self._replay, self._static_out = self.backend.capture(self._body)
         except Exception as exc:
             cause = exc.__context__ or exc  # a failed capture_end hides the first error
             self.disabled = f"{type(cause).__name__}: {cause}".strip()
@@ -243,22 +347,15 @@ class StepGraph:
                 "please report the error."
             ) from exc
 
-    def _recording(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` with the algorithm's loss checks deferred to ``_results``."""
-        self.algorithm.deferred_checks = []
-        try:
-            return fn()
-        finally:
-            self.algorithm.deferred_checks = None
-
     def _body(self) -> torch.Tensor:
-        """One step on the static batch; returns its losses and terms stacked in one tensor, so a
-        single copy brings them to the host."""
-        assert self.skip is not None
-        self.skip.zero_()
-        terms = self.algorithm.updates(self._static_x)
-        checks = self.algorithm.deferred_checks or []
-        flat = [self.skip, *(value for _, loss, snapshot in checks for value in (loss, *snapshot.values())), *terms.values()]
+        """One step on the static batch, with the device hooks; returns its losses and terms
+        stacked in one tensor, so a single copy brings them to the host."""
+        hooks = self.device_hooks
+        assert hooks is not None
+        hooks.begin()
+        terms = self.algorithm.updates(self._static_x, hooks)
+        checks, hooks.checks = hooks.checks, []  # the body's losses: only their layout outlives it
+        flat = [hooks.skip, *(value for _, loss, snapshot in checks for value in (loss, *snapshot.values())), *terms.values()]
         self._layout = ([(term, list(snapshot)) for term, _, snapshot in checks], list(terms))
         return torch.stack([t.detach().float().reshape(()) for t in flat])
 
@@ -274,65 +371,13 @@ class StepGraph:
             loss, snapshot = host[at], dict(zip(keys, host[at + 1 : at + 1 + len(keys)]))
             at += 1 + len(keys)
             try:
-                self.algorithm.guard.check_loss(term, loss, snapshot, *self.algorithm.where)
+                self.eager_hooks.check_loss(term, loss, snapshot)
             except TrainingDivergedError as exc:
                 if skipped:
                     raise
                 # the guard's limit fell within the step (n_critic > 1): the device had let the updates through
                 raise TrainingDivergedError(f"{exc} (cuda_graphs: this step's updates were applied before the check)") from None
         return dict(zip(names, values[at:]))
-
-    # -- the guard on the device ---------------------------------------------------------------
-    def flag(self, term: str, loss: torch.Tensor) -> None:
-        """Inside the body: set ``skip`` when ``loss`` is NaN, infinite or above the guard's limit."""
-        assert self.skip is not None
-        if term not in self._limits:  # first met in the rehearsal, which runs eagerly
-            written = self.algorithm.guard.limit(term)
-            self._limits[term] = (torch.full((), written, device=loss.device), written)
-        limit = self._limits[term][0]
-        value = loss.detach().float()
-        divergent = ~torch.isfinite(value) | (value.abs() > limit)
-        torch.maximum(self.skip, divergent.float(), out=self.skip)
-
-    def _refresh_limits(self) -> None:
-        """Before a replay: write the guard's current limits where the graph reads them."""
-        for term, (tensor, written) in self._limits.items():
-            value = self.algorithm.guard.limit(term)
-            if value != written:
-                tensor.fill_(value)
-                self._limits[term] = (tensor, value)
-
-    @contextlib.contextmanager
-    def gated(self, optimizer: torch.optim.Optimizer) -> Iterator[None]:
-        """Inside the body: the optimizer's step skips when ``skip`` is set (fused Adam reads it as
-        ``found_inf``, as for a loss scaler).  Unfused optimizers cannot skip on the device."""
-        fused = all(group.get("fused") for group in optimizer.param_groups)
-        if fused:
-            optimizer.found_inf = self.skip  # type: ignore[attr-defined]
-        try:
-            yield
-        finally:
-            if fused:
-                del optimizer.found_inf  # type: ignore[attr-defined]
-
-    def ema_weight(self) -> torch.Tensor:
-        """Inside the body: the weight average's step, 0 when ``skip`` is set.  The warmed-up step
-        (``EMA.next_weight``) changes from step to step, so it lives in a device tensor that the host
-        rewrites before each replay (``_refresh_ema_step``), as the guard's limits do."""
-        assert self.skip is not None and self.algorithm.ema is not None
-        if self._ema_step is None:  # first met in the rehearsal, which runs eagerly
-            written = self.algorithm.ema.next_weight()
-            self._ema_step = (torch.full((), written, device=self.skip.device), written)
-        return (1.0 - self.skip) * self._ema_step[0]
-
-    def _refresh_ema_step(self) -> None:
-        """Before a replay: write the weight average's step for this update where the graph reads it."""
-        if self._ema_step is not None and self.algorithm.ema is not None:
-            tensor, written = self._ema_step
-            value = self.algorithm.ema.next_weight()
-            if value != written:
-                tensor.fill_(value)
-                self._ema_step = (tensor, value)
 
     def _counted(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """After a rehearsed or replayed step that passed the guard: count its weight-average update

@@ -4,8 +4,10 @@
 the per-segment statistics all the adversarial losses are linear combinations of.  It is registered
 with ``torch.library`` as ``torch.ops.asvae_kit.fused_disc_head`` when this package is imported.
 
-Importing this package never imports Triton: the Triton kernels
-(:mod:`asvae_kit.kernels.fused_disc_head_triton`) are loaded on the first call that runs them.
+Modules: ``fused_disc_head`` (the public function, its dispatch and the op registration),
+``selection`` (which implementation runs, the Triton fallback), ``validation`` (input checks),
+``reference`` (pure PyTorch) and ``fused_disc_head_triton`` (the Triton kernels).  Importing this
+package never imports Triton: the Triton kernels are loaded on the first call that runs them.
 """
 
 from __future__ import annotations

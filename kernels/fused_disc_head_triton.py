@@ -1,7 +1,7 @@
 """Triton kernels for the fused discriminator head (docs/design.md §4).
 
 This module imports Triton at the top, so nothing imports it until the Triton path actually runs
-(:mod:`asvae_kit.kernels.fused_disc_head` loads it lazily); ``import asvae_kit`` never does.  Use
+(:mod:`asvae_kit.kernels.selection` loads it lazily); ``import asvae_kit`` never does.  Use
 the op, ``asvae_kit.kernels.fused_disc_head``, rather than these launchers: they do not validate.
 
 Forward (``_fwd_kernel``), one program per block of ``BLOCK_N`` rows, all ``K`` heads at once:
@@ -31,10 +31,10 @@ that buffer small for large ``N``.
 Launch parameters: the op is memory-bound for small ``K`` (it reads ``h`` once forward, twice
 backward).  ``BLOCK_N`` is the largest of 64/32/16 that still starts two programs per SM, and
 ``BLOCK_D`` keeps ``BLOCK_N * BLOCK_K * BLOCK_D`` at 8K (forward) / 4K (backward) elements with 8
-warps.  These were checked by compiling for sm_90 without a GPU (no register spills for ``K <= 4``;
-``tests/test_kernels_triton.py::test_kernels_compile_for_sm90`` keeps the GPU code path compiling)
-but have not been timed or tuned on hardware.  Under the interpreter ``BLOCK_N = 64`` and
-``BLOCK_D = 256``, fewer and larger steps being what makes it fast.
+warps.  They were chosen by compiling for sm_90 without a GPU (no register spills for ``K <= 4``;
+``tests/test_kernels_triton.py::test_kernels_compile_for_sm90`` keeps the GPU code path compiling),
+then timed as they are on one H100 (bench/RESULTS.md), never tuned.  Under the interpreter
+``BLOCK_N = 64`` and ``BLOCK_D = 256``, fewer and larger steps being what makes it fast.
 """
 
 from __future__ import annotations
@@ -46,16 +46,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused_disc_head import MAX_TRITON_HEADS as MAX_HEADS
+from .selection import MAX_TRITON_HEADS as MAX_HEADS
 from .reference import compute_dtype
 
 __all__ = ["forward", "backward", "INTERPRETED", "MAX_HEADS"]
 
 # MAX_HEADS, the largest K the kernels accept (they unroll a loop over the heads), is defined once,
-# as fused_disc_head.MAX_TRITON_HEADS: that module decides before importing this one (and Triton).
+# as selection.MAX_TRITON_HEADS: that module decides before importing this one (and Triton).
 
-# Launch parameters for a GPU.  Checked by compiling for sm_90 (no GPU was available to time
-# them): with these, neither kernel spills registers for K <= 4 (about 60-120 registers a thread).
+# Launch parameters for a GPU, chosen by compiling for sm_90 (untuned; timed on one H100, see
+# bench/RESULTS.md): with these, neither kernel spills registers for K <= 4 (about 60-120 registers a thread).
 _NUM_WARPS = 8
 _FWD_TILE = 8192  # BLOCK_N * BLOCK_K * BLOCK_D elements in flight per forward step
 _BWD_TILE = 4096  # the backward holds more per step (grad_h tile, h tile, dl)

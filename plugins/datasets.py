@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import asvae_kit
-from asvae_kit.checks import check_int
+from asvae_kit.checks import check_choice, check_int
 from asvae_kit.data import ImageDataset
 from asvae_kit.errors import ConfigError, DataError
 from asvae_kit.fileio import atomic_path
@@ -67,9 +67,7 @@ IDX_MIRRORS = {
 
 
 def _check_split(split: str, name: str) -> str:
-    if split not in SPLITS:
-        raise ConfigError(f"dataset {name!r}: split must be one of {SPLITS}, got {split!r}")
-    return split
+    return check_choice(split, SPLITS, f"dataset {name!r}: split", note=" (the data set's files; the run's train/val/test splits are carved by asvae_kit.splits)")
 
 
 def _check_limit(limit: Any, name: str) -> int | None:

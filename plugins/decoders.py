@@ -9,10 +9,8 @@ import torch
 from torch import nn
 
 import asvae_kit
-from asvae_kit.checks import check_bool, check_number
+from asvae_kit.checks import check_bool, check_choice, check_number
 from asvae_kit.distributions import BernoulliLikelihood, GaussianLikelihood, LaplaceLikelihood
-from asvae_kit.errors import ConfigError
-from asvae_kit.names import did_you_mean
 
 from .blocks import ConvUpStack, DCGANUpStack, Network, check_hidden, check_input, check_positive_int, mlp
 
@@ -26,8 +24,7 @@ class _LikelihoodHead(nn.Module):
 
     def __init__(self, likelihood: str, channels: int, init_scale: float, component: str) -> None:
         super().__init__()
-        if likelihood not in LIKELIHOODS:
-            raise ConfigError(f"{component}: likelihood {likelihood!r} is not one of {', '.join(LIKELIHOODS)}.{did_you_mean(str(likelihood), LIKELIHOODS)}")
+        check_choice(likelihood, LIKELIHOODS, f"{component}: likelihood")
         check_number(init_scale, f"{component}: init_scale", low=0, low_inclusive=False)
         self.likelihood = likelihood
         if likelihood != "bernoulli":

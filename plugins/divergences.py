@@ -13,10 +13,9 @@ import torch
 from torch import nn
 
 import asvae_kit
-from asvae_kit.checks import check_bool, check_number
+from asvae_kit.checks import check_bool, check_choice, check_number
 from asvae_kit.errors import ConfigError
 from asvae_kit.joint_batch import MEAN, SOFTPLUS, SOFTPLUS_NEG, JointBatch, head_statistics
-from asvae_kit.names import did_you_mean
 
 __all__ = ["ELBO", "AVB", "ALI", "ASVAE", "ASVAE_CRITICS"]
 
@@ -113,11 +112,7 @@ class ASVAE:
         self.lambda_x = _check_weight(lambda_x, "lambda_x", "asvae")
         self.lambda_z = _check_weight(lambda_z, "lambda_z", "asvae")
         self.analytic_kl = check_bool(analytic_kl, "divergence 'asvae': analytic_kl")
-        if not isinstance(critic, str) or critic not in ASVAE_CRITICS:
-            raise ConfigError(
-                f"divergence 'asvae': critic {critic!r} is not one of {', '.join(ASVAE_CRITICS)}."
-                f"{did_you_mean(str(critic), ASVAE_CRITICS)}"
-            )
+        check_choice(critic, ASVAE_CRITICS, "divergence 'asvae': critic")
         self.critic = critic
         if critic == "joint" and self.analytic_kl:
             raise ConfigError(

@@ -11,6 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each runs a script in a fresh interpreter
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 

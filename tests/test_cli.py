@@ -101,6 +101,7 @@ def test_resume_rejects_model_changes(tmp_path, capsys):
     assert asvae_kit.load(run).config["log_every"] == 50  # nothing was written by the refused resumes
 
 
+@pytest.mark.slow
 def test_evaluate_reports_the_five_metrics_on_the_test_split(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--preset", "mlp-asvae", "--steps", "3", "--batch-size", "8", "--set", "encoder.hidden=[16]",
@@ -243,7 +244,7 @@ def test_config_file_formats_and_flags_over_them(tmp_path, capsys, name, text):
 
 
 @pytest.mark.parametrize("name, text, phrase", [
-    ("c.ini", "x", "is not one of .json, .yaml, .yml, .toml"),
+    ("c.ini", "x", "the extension must be one of '.json', '.yaml', '.yml', '.toml', got '.ini'"),
     ("c.json", "{not json", "is not valid JSON"),
     ("c.json", "[1, 2]", "must hold a mapping"),
     ("c.json", '{"stpes": 3}', "Did you mean 'steps'"),
@@ -278,7 +279,7 @@ def test_sample_writes_the_format_its_extension_names(tmp_path, capsys, suffix, 
 
 def test_sample_refuses_an_unknown_extension_before_loading(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "no-run"), "-o", str(tmp_path / "s.gif")]) == 2
-    assert "'.gif' is not one of .png" in capsys.readouterr().err
+    assert "its extension must be one of '.png', '.jpg', '.jpeg', '.pt', '.npy', got '.gif'" in capsys.readouterr().err
 
 
 def test_plot_writes_the_curves(tmp_path, capsys):

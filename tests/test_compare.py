@@ -264,6 +264,7 @@ def compare(*args: str | Path) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_compare_picks_the_planted_best_resumes_and_rebuilds_the_same_report(tmp_path):
     spec = tmp_path / "study.toml"
     spec.write_text(PLANTED)
@@ -308,6 +309,7 @@ def test_compare_picks_the_planted_best_resumes_and_rebuilds_the_same_report(tmp
     assert lines[:2] == tune_lines and len(lines) == 4
 
 
+@pytest.mark.slow
 def test_the_smoke_example_runs_through_the_command_line(tmp_path):
     out = tmp_path / "smoke"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -323,6 +325,7 @@ def test_the_smoke_example_runs_through_the_command_line(tmp_path):
     assert "n/a: skl does not apply to vae, avb." in report and "Ranking by mean val fd" in report
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_reported_with_its_key_and_the_others_go_on(tmp_path):
     spec = write_spec(tmp_path, {
         "curve": [],
@@ -339,6 +342,7 @@ def test_a_failing_run_is_reported_with_its_key_and_the_others_go_on(tmp_path):
     assert sorted((r["dataset"], r["phase"]) for r in rows) == [("digits", "final"), ("digits", "tune")]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_workers_and_the_same_command_resumes_from_their_checkpoints(tmp_path):
     spec = write_spec(tmp_path, {
         "steps": 1200, "curve": [], "models": {"vae": {"preset": "mlp-vae", "points": [{}]}},

@@ -43,6 +43,7 @@ def test_the_config_key_compiles_and_is_checked():
         asvae_kit.build("mlp-vae", compile="yes")
 
 
+@pytest.mark.slow
 def test_a_copy_of_a_compiled_discriminator_calls_its_own_features():
     import copy
 

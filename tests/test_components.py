@@ -79,7 +79,7 @@ def test_wrong_input_shape_at_forward_time():
 
 
 def test_bad_config_values():
-    with pytest.raises(ConfigError, match="likelihood 'bernouli'.*Did you mean 'bernoulli'"):
+    with pytest.raises(ConfigError, match="likelihood must be one of 'bernoulli', 'gaussian', 'laplace', got 'bernouli'. Did you mean 'bernoulli'"):
         asvae_kit.build_component("decoder", "mlp", data_shape=(1, 8, 8), latent_dim=4, likelihood="bernouli")
     with pytest.raises(ConfigError, match="width must be a positive integer"):
         asvae_kit.build_component("encoder", "resnet", data_shape=(1, 8, 8), latent_dim=4, width=0)

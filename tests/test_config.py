@@ -14,7 +14,7 @@ from asvae_kit.errors import ConfigError, UnknownComponentError
 def test_preset_defaults_and_json():
     cfg = resolve_config("resnet-asvae")
     assert cfg["encoder"] == {"name": "resnet", "width": 32}
-    assert cfg["divergence"] == {"name": "asvae", "lambda_z": 0.3} and cfg["optim"]["disc_lr"] == 5e-5  # the recipe (docs/study.md)
+    assert cfg["divergence"] == {"name": "asvae", "lambda_z": 0.3} and cfg["optim"]["disc_lr"] == 5e-5  # the older recipe (docs/study.md)
     assert cfg["optim"]["lr"] == 2e-4 and cfg["optim"]["betas"] == [0.5, 0.999] and cfg["optim"]["n_critic"] == 1
     assert json.loads(json.dumps(cfg)) == cfg
 

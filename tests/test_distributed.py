@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import asvae_kit
@@ -23,6 +24,7 @@ def _torchrun(*args, timeout=240):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_stay_identical_on_different_data(tmp_path):
     result = _torchrun(str(WORKER), str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -33,6 +35,7 @@ def test_two_gloo_processes_stay_identical_on_different_data(tmp_path):
     assert len((run / "metrics.csv").read_text().splitlines()) == 3  # header + 2 rows, written once
 
 
+@pytest.mark.slow
 def test_cli_train_under_torchrun_reports_once(tmp_path):
     run = tmp_path / "cli"
     result = _torchrun("-m", "asvae_kit", "train", "--preset", "mlp-vae", "--steps", "3", "--batch-size", "8", "--out", str(run))

@@ -12,6 +12,8 @@ import pytest
 
 from plugin_helpers import install_plugin
 
+pytestmark = pytest.mark.slow  # pip installs the package, then runs the command line in fresh interpreters
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "asvae-kit-example-plugin"
 
 

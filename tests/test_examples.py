@@ -8,6 +8,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -18,6 +20,7 @@ def _run(script: str, tmp_path: Path) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow
 def test_compare_divergences(tmp_path):
     result = _run("compare_divergences.py", tmp_path)
     table = json.loads((tmp_path / "out" / "comparison.json").read_text())
@@ -26,6 +29,7 @@ def test_compare_divergences(tmp_path):
     assert all(preset in result.stdout for preset in table)
 
 
+@pytest.mark.slow
 def test_train_evaluate_sample(tmp_path):
     result = _run("train_evaluate_sample.py", tmp_path)
     out = tmp_path / "out"

@@ -21,6 +21,8 @@ import asvae_kit.kernels as K
 from asvae_kit.kernels import fused_disc_head, fused_disc_head_reference
 
 fdh = sys.modules["asvae_kit.kernels.fused_disc_head"]  # the module (the package attribute is the function)
+sel = sys.modules["asvae_kit.kernels.selection"]  # impl, $ASVAE_KIT_KERNELS, the Triton fallback
+val = sys.modules["asvae_kit.kernels.validation"]  # the input checks
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 pytestmark = pytest.mark.filterwarnings(  # emitted by torch's own imports (torch._dynamo)
@@ -42,9 +44,9 @@ def make(N=10, D=5, Kh=2, dtype=torch.float32, seed=0, requires_grad=False, devi
 @pytest.fixture(autouse=True)
 def _clean_state(monkeypatch):
     monkeypatch.delenv("ASVAE_KIT_KERNELS", raising=False)
-    fdh._reset_fallback_state()
+    sel.reset_fallback_state()
     yield
-    fdh._reset_fallback_state()
+    sel.reset_fallback_state()
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,16 +206,16 @@ def test_direct_op_calls_are_validated_too():
 
 @pytest.fixture
 def validation_calls(monkeypatch):
-    """Count the validation functions' calls (``_validate`` is the ops' own, full check)."""
-    calls = {"_check_tensors": 0, "_check_values": 0, "_validate": 0}
+    """Count the validation functions' calls (``validate`` is the ops' own, full check)."""
+    calls = {"check_tensors": 0, "check_values": 0, "validate": 0}
     for name in calls:
-        real = getattr(fdh, name)
+        real = getattr(val, name)
 
         def counted(*args, _name=name, _real=real):
             calls[_name] += 1
             return _real(*args)
 
-        monkeypatch.setattr(fdh, name, counted)
+        monkeypatch.setattr(val, name, counted)
     return calls
 
 
@@ -222,7 +224,7 @@ def test_inputs_are_validated_once_per_forward_and_backward(validation_calls, im
     h, w, b = make(requires_grad=True, device=TRITON_DEVICE if impl == "triton" else "cpu")
     out = fused_disc_head(h, w, b, [4, 6], impl=impl)
     torch.autograd.grad(out, (h, w, b), torch.randn(2, 2, 3, device=h.device))
-    assert validation_calls == {"_check_tensors": 1, "_check_values": 1, "_validate": 0}
+    assert validation_calls == {"check_tensors": 1, "check_values": 1, "validate": 0}
 
 
 def test_validated_once_under_autocast(validation_calls):
@@ -230,7 +232,7 @@ def test_validated_once_under_autocast(validation_calls):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = fused_disc_head(h, w, b, [4, 6])
     out.sum().backward()
-    assert validation_calls == {"_check_tensors": 1, "_check_values": 1, "_validate": 0}
+    assert validation_calls == {"check_tensors": 1, "check_values": 1, "validate": 0}
 
 
 def test_eager_calls_use_the_autograd_function_not_the_op():
@@ -254,13 +256,13 @@ def spy(monkeypatch):
         return real_ref(*args, **kwargs)
 
     monkeypatch.setattr(fdh, "fused_disc_head_reference", ref)
-    real_load = fdh._load_triton_module
+    real_load = sel._load_triton_module
 
     def load():
         calls["load_triton"] += 1
         return real_load()
 
-    monkeypatch.setattr(fdh, "_load_triton_module", load)
+    monkeypatch.setattr(sel, "_load_triton_module", load)
     return calls
 
 
@@ -302,7 +304,7 @@ def test_triton_on_cpu_without_interpreter_says_what_to_do(monkeypatch):
 
 
 def test_triton_not_installed_says_what_to_do(monkeypatch):
-    monkeypatch.setattr(fdh, "_triton_installed", lambda: False)
+    monkeypatch.setattr(sel, "_triton_installed", lambda: False)
     h, w, b = make()
     with pytest.raises(RuntimeError, match=r"needs the triton package.*pip install 'asvae-kit\[triton\]'.*impl='torch'"):
         fused_disc_head(h, w, b, [10], impl="triton")
@@ -310,14 +312,14 @@ def test_triton_not_installed_says_what_to_do(monkeypatch):
 
 def _pretend_cuda(monkeypatch, module):
     """Make impl='auto' take its CUDA branch on CPU tensors, with ``module`` as 'Triton'."""
-    monkeypatch.setattr(fdh, "_auto_wants_triton", lambda h, w: True)
+    monkeypatch.setattr(sel, "_auto_wants_triton", lambda h, w: True)
 
     def load():
         if isinstance(module, Exception):
             raise module
         return module
 
-    monkeypatch.setattr(fdh, "_load_triton_module", load)
+    monkeypatch.setattr(sel, "_load_triton_module", load)
 
 
 def _broken_kernels(counter):
@@ -357,7 +359,7 @@ def test_auto_falls_back_with_one_warning_when_triton_does_not_import(monkeypatc
 def test_explicit_triton_never_falls_back(monkeypatch):
     attempts = []
     module = _broken_kernels(attempts)
-    monkeypatch.setattr(fdh, "_require_triton", lambda h, w: module)
+    monkeypatch.setattr(sel, "_require_triton", lambda h, w: module)
     h, w, b = make()
     with pytest.raises(RuntimeError, match="PTX assembly failed"):
         fused_disc_head(h, w, b, [10], impl="triton")
@@ -371,7 +373,7 @@ def test_auto_does_not_treat_out_of_memory_as_a_triton_failure(monkeypatch):
     h, w, b = make()
     with pytest.raises(torch.OutOfMemoryError):
         fused_disc_head(h, w, b, [10])
-    assert fdh._State.failure is None
+    assert sel._State.failure is None
 
 
 # --------------------------------------------------------------------------------------------

@@ -216,6 +216,7 @@ def cases(draw):
     return Case(sizes, D, K, dtype, scale, layout, block_n, block_d, max_programs, seed)
 
 
+@pytest.mark.slow
 @KERNEL_SETTINGS
 @given(case=cases())
 @example(case=Case((1,), 1, 1, torch.float32))
@@ -282,7 +283,7 @@ def test_expanded_inputs_and_grad_out():
     check_against_fp64(h, w, b, [4, 4, 4], g)
 
 
-@pytest.mark.parametrize("impl", ["triton", "torch"])
+@pytest.mark.parametrize("impl", [pytest.param("triton", marks=pytest.mark.slow), "torch"])
 def test_float64_gradcheck(impl):
     """float64 inputs are computed in float64, so gradcheck applies to either implementation."""
     gen = torch.Generator().manual_seed(0)
@@ -327,6 +328,7 @@ def test_nan_and_inf_stay_in_their_segment(impl):
     torch.testing.assert_close(out[2, :, 2], torch.full((2,), 2 * (sp1 - 1.0) / 3))
 
 
+@pytest.mark.slow
 def test_results_are_bitwise_reproducible():
     case = Case((300, 1, 211), 130, 2, torch.float32, seed=5)
     h, w, b, g = case.tensors()
@@ -377,6 +379,7 @@ def _nvidia_toolchain_available() -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _nvidia_toolchain_available(), reason="Triton's NVIDIA backend (ptxas) is not installed")
 def test_kernels_compile_for_sm90():
     script = textwrap.dedent("""

@@ -6,10 +6,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -140,41 +141,262 @@ def test_a_torn_pair_in_the_old_layout_is_refused_with_the_way_out(tmp_path):
     assert asvae_kit.load(run).step == 4
 
 
-def test_sigkill_at_random_moments_always_leaves_a_run_that_resumes_bit_exact(tmp_path):
-    """A run killed (SIGKILL) at 20 random moments, each time resumed, ends bit for bit where an
-    unbroken run ends; after every kill the run directory loads."""
-    import random
+#: The SIGKILL sweep's driver, run in a fresh interpreter (``python -c``, ``OMP_NUM_THREADS=1``).
+#: It imports torch and asvae-kit once, trains the unbroken reference run in-process (which also
+#: loads every lazy import), then forks one child -- a "life" of the broken run -- per kill, so a
+#: kill costs a fork and a few training steps, not an interpreter start.  A life runs
+#: ``asvae-kit train`` (``--resume`` once the run has a ``latest``) under an audit hook (PEP 578)
+#: that sees every change of the run directory *before* it happens -- a file opened for writing or
+#: created, a rename or replace, a hard link, a removal, an rmtree, a new folder -- and SIGKILLs
+#: its own process right before a chosen one.  (safetensors and torch.save write without audit
+#: events, but only into the checkpoint's temporary folder, which the kills before its rename
+#: cover.)  Each phase first runs a survey life on a copy of the run to list the changes of its
+#: window, then one life per change, killed right before it; the next life resumes from what the
+#: kill left.  Each life reports the step it resumed from and its changes, its kill point last.
+_SIGKILL_SWEEP = r"""
+import glob, json, os, re, shutil, signal, sys, traceback
+from pathlib import Path
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    steps = 800  # long enough that 20 kills land before it finishes, even on a fast machine
+import torch
 
-    def command(run: Path, resume: bool) -> list[str]:
-        base = [sys.executable, "-m", "asvae_kit", "train", "--steps", str(steps), "--no-progress", "--out", str(run)]
-        if resume:
-            return base[:4] + ["--resume"] + base[4:]
-        return [*base, "--preset", "mlp-vae", "--batch-size", "8", "--checkpoint-every", "2", "--sample-every", "7",
-                "--log-every", "5", *TINY]
+torch.set_num_threads(1)  # with OMP_NUM_THREADS=1: no thread pool exists when the lives fork
+from asvae_kit import load
+from asvae_kit.cli import main
 
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    assert subprocess.run(command(whole, False), env=env, capture_output=True).returncode == 0
-    rng = random.Random(0)
-    kills, started = 0, time.monotonic()
-    while kills < 20 and time.monotonic() - started < 240:
-        resume = (broken / "latest").is_file()
-        proc = subprocess.Popen(command(broken, resume), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(1.5, 3.0))  # python and torch take ~1.5 s to start; then it trains and saves
-        if proc.poll() is not None:
-            break  # it finished before the kill
-        proc.kill()
-        proc.wait()
-        kills += 1
-        if (broken / "latest").is_file():
-            assert 0 < asvae_kit.load(broken).step <= steps
-    assert kills >= 20, f"only {kills} kills landed before the run finished"
-    final = subprocess.run(command(broken, (broken / "latest").is_file()), env=env, capture_output=True, text=True)
-    assert final.returncode in (0, 2), final.stderr  # 2: the last attempt had already finished it
+cfg = json.loads(sys.argv[1])
+whole, broken = Path(cfg["whole"]), Path(cfg["broken"])
+KINDS = {"os.rename": "rename", "os.remove": "remove", "os.rmdir": "rmdir", "shutil.rmtree": "rmtree",
+         "os.mkdir": "mkdir", "os.link": "link", "os.symlink": "symlink", "os.truncate": "truncate"}
+WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+CHECKPOINT_STARTS = r"mkdir checkpoints/\.step-N\.\*\.tmp"
+
+
+def argv(run, resume):
+    return ["train", "--steps", str(cfg["steps"]), "--no-progress", "--out", str(run),
+            *(["--resume"] if resume else cfg["fresh_flags"])]
+
+
+def change(event, args, root):
+    # The change an audit event is about to make under root, as one line ("rename A -> B"; the
+    # random part of a temporary name is "*"), or None.
+    if event == "open":
+        path, mode, flags = args
+        if isinstance(mode, str):  # builtins.open; "r+" is the open that fsyncs, not a change
+            if not set(mode) & set("wax"):
+                return None
+            kind = f"open[{mode}]"
+        elif flags is not None and flags & WRITE:  # os.open: mkstemp, the lock file
+            kind = "create"
+        else:
+            return None
+    elif event in KINDS:
+        path, kind = args[0], KINDS[event]
+    else:
+        return None
+    if path is None or isinstance(path, int):
+        return None
+    path = os.path.abspath(os.fsdecode(path))
+    if not path.startswith(root + os.sep) or (kind == "mkdir" and os.path.isdir(path)):
+        return None
+    line = f"{kind} {os.path.relpath(path, root)}"
+    if kind == "rename":
+        line += " -> " + os.path.relpath(os.path.abspath(os.fsdecode(args[1])), root)
+    return re.sub(r"\.([\w.-]+?)\.\w{8}\.tmp", r".\1.*.tmp", line)
+
+
+def generic(line):
+    return re.sub(r"\d{7}(\.\d+)?", "N", line)  # step-0000012.1 -> step-N
+
+
+def known_bug_state(run):
+    # The states a kill would leave that known bugs mishandle (KNOWN_BUG_STATES in the test).
+    if "config-tmp" in cfg["avoid"] and not (run / "config.json").exists() \
+            and glob.glob(glob.escape(str(run)) + "/.config.json.*.tmp"):
+        return True
+    return "latest-without-model" in cfg["avoid"] and (run / "latest").exists() \
+        and not (run / "model.safetensors").exists()
+
+
+def life(run, anchor=None, target=None, k=None):
+    # Train `run` in a child.  Count its changes from the first one matching `anchor` (None: from
+    # its start), except those made in a known-bug state, and SIGKILL it right before the k-th
+    # counted change matching `target` (None: any); k None: no kill.
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        code = 70
+        try:
+            resume = (run / "latest").is_file()
+            if resume:
+                os.write(w, f"loaded {load(run).step}\n".encode())
+            root, counting, hits = str(run.resolve()), anchor is None, 0
+
+            def hook(event, args):
+                nonlocal counting, hits
+                line = change(event, args, root)
+                if line is None:
+                    return
+                counting = counting or bool(re.fullmatch(anchor, generic(line)))
+                tag = "skip" if known_bug_state(run) else "change" if counting else "before"
+                if tag == "change" and k is not None:
+                    hits += target is None or bool(re.fullmatch(target, generic(line)))
+                    if hits == k:
+                        os.write(w, f"kill {line}\n".encode())
+                        os.kill(os.getpid(), signal.SIGKILL)
+                os.write(w, f"{tag} {line}\n".encode())
+
+            sys.addaudithook(hook)
+            code = main(argv(run, resume))
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code if isinstance(code, int) else 70)
+    os.close(w)
+    with os.fdopen(r) as f:
+        lines = f.read().splitlines()
+    _, status = os.waitpid(pid, 0)
+    loaded = [int(l.split()[1]) for l in lines if l.startswith("loaded ")]
+    return {"end": os.waitstatus_to_exitcode(status), "loaded": loaded[0] if loaded else None,
+            "changes": [l.split(" ", 1) for l in lines if not l.startswith("loaded ")]}
+
+
+def phase(name, anchor, end, end_included):
+    # A survey life on a copy of the run lists the counted changes from `anchor` to the first
+    # matching `end`; then one life per change, killed right before it.
+    copy = broken.with_name(broken.name + "-survey")
+    shutil.rmtree(copy, ignore_errors=True)
+    if broken.exists():
+        shutil.copytree(broken, copy, symlinks=True)
+    survey = life(copy, anchor, end, 1)
+    shutil.rmtree(copy)
+    assert survey["changes"] and survey["changes"][-1][0] == "kill", f"{name}: the survey never reached {end}"
+    seen = {}
+    for tag, line in survey["changes"][:None if end_included else -1]:
+        if tag in ("change", "kill"):
+            seen[generic(line)] = k = seen.get(generic(line), 0) + 1
+            report["lives"].append({"phase": name, "target": generic(line),
+                                    **life(broken, anchor, re.escape(generic(line)), k)})
+
+
+report = {"whole": main(argv(whole, False)), "lives": []}
+phase("fresh", None, r"rename \.latest\.\*\.tmp -> latest", True)
+report["lives"].append({"phase": "bridge", "target": None, **life(broken, None, CHECKPOINT_STARTS, 3)})
+phase("restart", None, CHECKPOINT_STARTS, False)
+phase("checkpoint", CHECKPOINT_STARTS, r"rmdir checkpoints/step-N", True)
+report["final"] = life(broken)
+Path(cfg["report"]).write_text(json.dumps(report, indent=1))
+"""
+
+#: Kill points the sweep must have hit (step numbers written N), each a moment where the run
+#: directory is half-changed: the checkpoint folder complete but not yet in place, `latest` being
+#: replaced, the top-level weights following it, the oldest checkpoint half-deleted, the lock,
+#: config.json, metrics.csv and the grids being written.
+_MUST_KILL_BEFORE = {
+    "create .asvae-kit.lock", "remove .asvae-kit.lock",
+    "create .config.json.*.tmp", "open[w] .config.json.*.tmp", "rename .config.json.*.tmp -> config.json",
+    "mkdir checkpoints/.step-N.*.tmp", "rename checkpoints/.step-N.*.tmp -> checkpoints/step-N",
+    "create .latest.*.tmp", "open[w] .latest.*.tmp", "rename .latest.*.tmp -> latest",
+    "create .model.safetensors.*.tmp", "remove .model.safetensors.*.tmp", "link checkpoints/step-N/model.safetensors",
+    "rename .model.safetensors.*.tmp -> model.safetensors",
+    "rmtree checkpoints/step-N", "rmdir checkpoints/step-N",
+    "open[a] metrics.csv", "rename .metrics.csv.*.tmp -> metrics.csv",
+    "rename images/.samples_N.png.*.tmp -> images/samples_N.png",
+}
+
+#: States the sweep does not leave behind, because of known bugs (each has an xfail test below;
+#: when one is fixed, its test XPASSes and fails: drop its name here and its xfail marker).
+KNOWN_BUG_STATES = ["config-tmp", "latest-without-model"]
+
+
+@pytest.mark.slow
+def test_sigkill_before_every_change_of_the_run_directory_leaves_a_run_that_resumes_bit_exact(tmp_path):
+    """SIGKILL right before each file-system change a run makes (see _SIGKILL_SWEEP), in turn:
+
+    * fresh: a new run killed before each change up to its first `latest` (the lock, metrics.csv,
+      config.json, the first checkpoint folder, `latest`); then one life publishes two checkpoints;
+    * restart: a resumed run killed before each change up to its first checkpoint (the dead
+      holder's lock taken over, config.json, metrics.csv trimmed to the checkpoint and a row
+      appended, the four image grids);
+    * checkpoint: a resumed run killed before each change of its checkpoint write (the folder
+      created and renamed, `latest` created, written and renamed, model.safetensors linked and
+      renamed, the oldest checkpoint removed, then its folder).
+
+    One kill per change, about 50 in all, the same sequence on every machine.  After each kill
+    the run loads at exactly the checkpoint `latest` had switched to (nothing published is lost,
+    nothing half-written is read), the resumed run ends bit for bit where an unbroken one ends,
+    and no temporary file or lock is left.
+    """
+    whole, broken, report = tmp_path / "whole", tmp_path / "broken", tmp_path / "report.json"
+    steps = 24
+    cfg = {
+        "whole": str(whole), "broken": str(broken), "report": str(report), "steps": steps,
+        "fresh_flags": ["--preset", "mlp-vae", "--batch-size", "8", "--checkpoint-every", "2",
+                        "--sample-every", "3", "--log-every", "2", *TINY],
+        "avoid": KNOWN_BUG_STATES,
+    }
+    proc = subprocess.run([sys.executable, "-c", _SIGKILL_SWEEP, json.dumps(cfg)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and report.is_file(), proc.stderr[-3000:]
+    result = json.loads(report.read_text())
+    assert result["whole"] == 0, proc.stderr[-3000:]
+    lives, final = result["lives"], result["final"]
+
+    published = None  # the step of the checkpoint `latest` names
+    for life in [*lives, final]:
+        where = f"{life.get('phase', 'final')} life killed before {life.get('target')}"
+        assert life["loaded"] == published, f"{where}: resumed from step {life['loaded']}, but `latest` had switched to step {published}"
+        pending = None
+        for tag, line in life["changes"]:
+            if tag == "kill":
+                break
+            if m := re.fullmatch(r"rename checkpoints/\.step-(\d+)\S* -> checkpoints/step-\S+", line):
+                pending = int(m.group(1))
+            elif line == "rename .latest.*.tmp -> latest":
+                published = pending
+        if life is not final:
+            tag, line = life["changes"][-1] if life["changes"] else ("", "")
+            assert life["end"] == -signal.SIGKILL and tag == "kill", f"{where}: ended with {life['end']}\n{proc.stderr[-3000:]}"
+            assert life["target"] is None or re.sub(r"\d{7}(\.\d+)?", "N", line) == life["target"], f"{where}: killed before {line}"
+
+    assert final["end"] == 0 and final["loaded"] < steps, proc.stderr[-3000:]
     assert asvae_kit.load(broken).step == steps
     assert _weights_equal(whole / "model.safetensors", broken / "model.safetensors")
+    assert not [p for p in broken.rglob("*") if p.name.endswith(".tmp") or p.name == LOCK_FILE]
+
+    killed_before = {life["target"] for life in lives}
+    assert _MUST_KILL_BEFORE <= killed_before, sorted(_MUST_KILL_BEFORE - killed_before)
+    assert [life["phase"] for life in lives].count("bridge") == 1 and 30 <= len(lives) <= 90, len(lives)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: a run killed while writing its first config.json leaves "
+                   ".config.json.XXXXXXXX.tmp, and `train --out` then takes the folder for someone else's "
+                   "(check_output_dir ignores only the lock file); KNOWN_BUG_STATES 'config-tmp'")
+def test_a_run_killed_while_writing_its_first_config_starts_again(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_FILE).write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "started": "then"}))
+    (run / ".config.json.k1lled0x.tmp").write_text("")  # what the kill leaves: mkstemp's empty file
+    assert train_tiny(run) == 0
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: a run killed after its first checkpoint's `latest` switched "
+                   "but before RUN/model.safetensors was written loads, but `train --resume` says it holds no "
+                   "run (the command line looks for model.safetensors, not latest); KNOWN_BUG_STATES "
+                   "'latest-without-model'")
+def test_a_run_killed_before_its_first_weights_file_resumes(tmp_path):
+    run = tmp_path / "run"
+    assert train_tiny(run, "--checkpoint-every", "2") == 0
+    (run / "model.safetensors").unlink()  # the state between `latest` and the weights of the first checkpoint
+    assert asvae_kit.load(run).step == 3
+    assert main(["train", "--resume", "--steps", "5", "--no-progress", "--out", str(run)]) == 0
+    assert asvae_kit.load(run).step == 5
 
 
 def test_a_full_disk_is_a_checkpoint_error_and_the_previous_checkpoint_survives(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ def _cli(run: Path, steps: int) -> list[str]:
             "--checkpoint-every", "0", "--sample-every", "0", "--log-every", "5", "--no-progress", *TINY, "--out", str(run)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_finishes_the_step_saves_and_resumes_bit_exact(tmp_path, signum, code):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

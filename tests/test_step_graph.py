@@ -1,10 +1,11 @@
 """``cuda_graphs`` (``asvae_kit.step_graph``): the step recorded once and replayed.
 
 CPU cannot record CUDA graphs, so most tests drive ``StepGraph`` with ``RecordedSteps``, a
-stand-in whose "replay" runs the recorded Python body again with the guard's checks deferred, as
-a real replay runs no Python.  That checks everything but the recording itself: the warm-up
-count, the static input buffer, the losses checked after the replay, the terms brought back, the
-fallbacks and their messages.  The tests marked ``cuda`` run the real thing where a GPU exists.
+stand-in whose "replay" runs the recorded Python body again (with the graph's device hooks, so the
+guard's checks are deferred, as a real replay runs no Python).  That checks everything but the
+recording itself: the warm-up count, the static input buffer, the losses checked after the
+replay, the terms brought back, the fallbacks and their messages.  The tests marked ``cuda`` run
+the real thing where a GPU exists.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import torch
 import asvae_kit
 from asvae_kit.distributed import DistContext
 from asvae_kit.optimizers import load_optimizer_state, set_learning_rates
-from asvae_kit.step_graph import GraphCaptureWarning, StepGraph, capture_blocker
+from asvae_kit.algorithm import AlgorithmStep
+from asvae_kit.step_graph import DeviceHooks, GraphCaptureWarning, StepGraph, capture_blocker
+from asvae_kit.step_hooks import EagerHooks
 
 SMALL = {"encoder.hidden": [16], "decoder.hidden": [16], "discriminator.hidden": [16], "latent_dim": 4, "batch_size": 8,
          "data": "digits", "log_every": 1, "sample_every": 0, "checkpoint_every": 0}
@@ -30,11 +33,11 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 class RecordedSteps:
     """Stand-in for ``CudaGraphs``: capture runs the body once (this step's work, which a real
     capture leaves to the first replay, so that replay is skipped); each later replay runs the
-    body again, its loss checks deferred, into the static output.  ``syncs``: what the rehearsal's
-    sync check reports; ``fail``: what capture raises."""
+    body again (its loss checks deferred by the device hooks it runs with) into the static output.
+    ``syncs``: what the rehearsal's sync check reports; ``fail``: what capture raises."""
 
-    def __init__(self, algorithm, fail: Exception | None = None, syncs: tuple[str, ...] = ()) -> None:
-        self.algorithm, self.fail, self.syncs = algorithm, fail, syncs
+    def __init__(self, fail: Exception | None = None, syncs: tuple[str, ...] = ()) -> None:
+        self.fail, self.syncs = fail, syncs
         self.warmups = self.captures = 0
 
     def warmup(self):
@@ -57,19 +60,15 @@ class RecordedSteps:
         def replay() -> None:
             if first.pop() if first else False:
                 return
-            self.algorithm.deferred_checks = []
-            try:
-                out.copy_(body())
-            finally:
-                self.algorithm.deferred_checks = None
+            out.copy_(body())
 
         return replay, out
 
 
 def graphed(warmup: int = 2, fail: Exception | None = None, syncs: tuple[str, ...] = (), **overrides):
     trainer = asvae_kit.build("mlp-asvae", device="cpu", **{**SMALL, **overrides})
-    backend = RecordedSteps(trainer.algorithm, fail, syncs)
-    trainer.algorithm.graph = StepGraph(trainer.algorithm, warmup=warmup, backend=backend)
+    backend = RecordedSteps(fail, syncs)
+    trainer.algorithm = StepGraph(trainer.algorithm, warmup=warmup, backend=backend)  # what the builder does on a GPU
     return trainer, backend
 
 
@@ -77,11 +76,65 @@ def batch(n: int = 8) -> torch.Tensor:
     return torch.rand(n, 1, 8, 8)
 
 
+def test_the_graph_wraps_the_step_and_runs_it_with_hooks_of_its_own():
+    trainer, _ = graphed(warmup=1)
+    graph = trainer.algorithm
+    step = graph.algorithm
+    assert type(step) is AlgorithmStep and not any(hasattr(step, name) for name in ("graph", "deferred_checks", "recording"))
+    assert graph.encoder is step.encoder and graph.gen_optimizer is step.gen_optimizer and graph.guard is step.guard
+    seen, updates = [], step.updates
+    step.updates = lambda x, hooks=None: seen.append(hooks) or updates(x, hooks)
+    for _ in range(4):
+        trainer.train_step(batch())
+    # the warm-up runs eagerly (casting as the recorded steps will); the rehearsal, the capture and the replay record
+    assert isinstance(seen[0], EagerHooks) and not seen[0].autocast_cache
+    assert len(seen) == 4 and all(isinstance(hooks, DeviceHooks) for hooks in seen[1:]) and graph.replays == 2
+    assert graph.state_dict().keys() == step.state_dict().keys()
+
+
+def test_the_step_reaches_out_only_through_its_hooks():
+    trainer = asvae_kit.build("mlp-asvae", device="cpu", ema=0.9, **SMALL)
+    calls = []
+
+    class Spy:
+        autocast_cache = True
+
+        def check_loss(self, term, loss, terms):
+            calls.append(("check", term, sorted(terms)))
+
+        def optimizer_step(self, optimizer):
+            calls.append(("step", "gen" if optimizer is trainer.gen_optimizer else "disc"))
+            optimizer.step()
+
+        def ema_weight(self):
+            calls.append(("ema",))
+            return torch.tensor(0.5)
+
+    terms = trainer.algorithm.updates(batch(), Spy())
+    assert calls == [("check", "d_loss", ["d_loss"]), ("step", "disc"), ("check", "g_loss", sorted(set(terms) - {"d_loss"})), ("step", "gen"), ("ema",)]
+    assert trainer.ema.updates == 0  # a weight from the hooks is counted by their owner, as a graph's replays are
+    assert isinstance(trainer.algorithm.hooks, EagerHooks) and trainer.algorithm.hooks.autocast_cache
+
+
+def test_a_step_trains_in_train_mode_whatever_left_a_module_in_eval_mode():
+    trainer = asvae_kit.build("mlp-asvae", device="cpu", **{**SMALL, "discriminator.dropout": 0.5})
+    modes = lambda: [m.training for _, network in trainer.networks() for m in network.modules()]  # noqa: E731
+    trainer.train_step(batch())
+    assert all(modes())
+    trainer.sample(4)  # evaluation mode inside, modes restored after
+    assert all(modes())
+    trainer.eval_mode()
+    trainer.discriminator.trunk.eval()
+    assert not any(modes()[:2])
+    trainer.train_step(batch())
+    assert all(modes())
+
+
 def test_replayed_steps_train_exactly_as_eager_steps_do():
     eager = asvae_kit.build("mlp-asvae", device="cpu", steps=7, **SMALL).fit(progress=False)
     trainer, backend = graphed(steps=7)
     trainer.fit(progress=False)
-    graph = trainer.algorithm.graph
+    graph = trainer.algorithm
     assert (backend.warmups, backend.captures, graph.replays) == (3, 1, 4)  # 2 warm-ups, the rehearsal, 4 replays
     assert [row["g_loss"] for row in trainer.history] == [row["g_loss"] for row in eager.history]
     assert [row["d_loss"] for row in trainer.history] == [row["d_loss"] for row in eager.history]
@@ -93,11 +146,11 @@ def test_the_weight_average_follows_replayed_steps():
     eager = asvae_kit.build("mlp-asvae", device="cpu", steps=6, ema=0.9, **SMALL).fit(progress=False)
     trainer, _ = graphed(warmup=1, steps=6, ema=0.9)
     trainer.fit(progress=False)
-    assert trainer.algorithm.graph.replays == 4  # 1 warm-up, the rehearsal, 4 replays: the warm-up's steps came from the host
+    assert trainer.algorithm.replays == 4  # 1 warm-up, the rehearsal, 4 replays: the warm-up's steps came from the host
     for (name, a), b in zip(eager.ema.tensors().items(), trainer.ema.tensors().values()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
     assert trainer.ema.updates == eager.ema.updates == 6  # the host counted the replayed updates
-    assert float(trainer.algorithm.graph._ema_step[0]) == pytest.approx(1 - 6 / 15)  # what the last replay read: update 5's step
+    assert float(trainer.algorithm.device_hooks.ema_step[0]) == pytest.approx(1 - 6 / 15)  # what the last replay read: update 5's step
 
 
 @pytest.mark.parametrize("when", ["rehearsal", "replay"])
@@ -106,7 +159,7 @@ def test_a_divergent_step_is_caught_and_applies_nothing(when):
     if when == "replay":
         trainer.train_step(batch())
         trainer.train_step(batch())
-        assert trainer.algorithm.graph.captured
+        assert trainer.algorithm.captured
     before = {k: v.clone() for k, v in {**trainer.state_tensors(), **trainer.ema.tensors()}.items()}
     adam_steps = [s["step"].clone() for s in trainer.disc_optimizer.state.values()]
     number = trainer.step + 1
@@ -121,9 +174,9 @@ def test_the_growth_limit_reaches_the_device():
     trainer, _ = graphed(warmup=3)
     for _ in range(5):
         trainer.train_step(batch())
-    guard, graph = trainer.algorithm.guard, trainer.algorithm.graph
+    guard, graph = trainer.algorithm.guard, trainer.algorithm
     assert math.isfinite(guard.limit("g_loss"))
-    assert float(graph._limits["g_loss"][0]) == pytest.approx(guard.limit("g_loss"))
+    assert float(graph.device_hooks.limits["g_loss"][0]) == pytest.approx(guard.limit("g_loss"))
     guard._typical["g_loss"] = 1e-9  # any loss is now far above its typical level
     before = {k: v.clone() for k, v in trainer.state_tensors().items()}
     with pytest.raises(asvae_kit.TrainingDivergedError, match=r"\(g_loss\) reached .* over 1000 times its typical magnitude"):
@@ -143,7 +196,7 @@ def test_a_batch_of_another_shape_trains_eagerly_with_one_warning():
         warnings.simplefilter("error", GraphCaptureWarning)
         trainer.train_step(batch(3))
         trainer.train_step(batch())
-    assert trainer.algorithm.graph.replays == 2 and trainer.step == 5
+    assert trainer.algorithm.replays == 2 and trainer.step == 5
 
 
 def test_a_step_that_synchronises_is_named_and_runs_eagerly_from_then_on():
@@ -155,7 +208,7 @@ def test_a_step_that_synchronises_is_named_and_runs_eagerly_from_then_on():
     with warnings.catch_warnings():
         warnings.simplefilter("error", GraphCaptureWarning)
         trainer.train_step(batch())
-    assert backend.captures == 0 and trainer.algorithm.graph.disabled and trainer.step == 3
+    assert backend.captures == 0 and trainer.algorithm.disabled and trainer.step == 3
     assert not any(torch.equal(a, b) for a, b in zip(before, trainer.encoder.parameters()))
 
 
@@ -163,9 +216,9 @@ def test_only_a_rehearsed_batch_shape_is_recorded():
     trainer, backend = graphed(warmup=0)
     trainer.train_step(batch())  # rehearsed for 8 rows
     trainer.train_step(batch(5))  # another shape: rehearsed again, not recorded
-    assert backend.captures == 0 and not trainer.algorithm.graph.captured
+    assert backend.captures == 0 and not trainer.algorithm.captured
     trainer.train_step(batch(5))
-    assert backend.captures == 1 and trainer.algorithm.graph._static_x.shape[0] == 5
+    assert backend.captures == 1 and trainer.algorithm._static_x.shape[0] == 5
 
 
 def test_a_rehearsal_that_synchronises_and_diverges_still_gives_capture_up():
@@ -173,7 +226,7 @@ def test_a_rehearsal_that_synchronises_and_diverges_still_gives_capture_up():
     with pytest.warns(GraphCaptureWarning, match="plugins/mine.py:12"), pytest.raises(asvae_kit.TrainingDivergedError):
         trainer.train_step(torch.full_like(batch(), float("nan")))
     trainer.train_step(batch())
-    assert trainer.algorithm.graph.disabled and backend.captures == 0
+    assert trainer.algorithm.disabled and backend.captures == 0
 
 
 def test_a_failed_capture_is_an_error_that_says_what_to_do():
@@ -190,7 +243,7 @@ def test_resuming_drops_the_graph_and_captures_again():
     trainer.train_step(batch())
     state = {**trainer.state_dict(), "step": trainer.step}
     trainer.load_state_dict(state)
-    assert not trainer.algorithm.graph.captured
+    assert not trainer.algorithm.captured
     trainer.train_step(batch())
     trainer.train_step(batch())
     assert backend.captures == 2
@@ -199,7 +252,7 @@ def test_resuming_drops_the_graph_and_captures_again():
 def test_where_capture_cannot_work_the_config_says_why_and_trains_eagerly():
     with pytest.warns(GraphCaptureWarning, match="cuda_graphs=true, but device is 'cpu', and CUDA graphs need a CUDA device"):
         trainer = asvae_kit.build("mlp-asvae", device="cpu", cuda_graphs=True, steps=2, **SMALL)
-    assert trainer.algorithm.graph is None and not trainer.gen_optimizer.param_groups[0]["capturable"]
+    assert type(trainer.algorithm) is AlgorithmStep and not trainer.gen_optimizer.param_groups[0]["capturable"]
     trainer.fit(progress=False)
     gpu, one = torch.device("cuda"), DistContext()
     assert "GradScaler" in capture_blocker({"precision": "16-mixed"}, gpu, one)
@@ -230,8 +283,8 @@ def test_on_a_gpu_the_step_is_captured_and_trains_like_eager(precision):
     with warnings.catch_warnings():
         warnings.simplefilter("error", GraphCaptureWarning)
         trainer = asvae_kit.build("mlp-asvae", cuda_graphs=True, **overrides).fit(progress=False)
-    graph = trainer.algorithm.graph
-    assert graph.captured and graph.replays == 60 - graph.warmup_steps - 1  # and the rehearsal
+    graph = trainer.algorithm
+    assert isinstance(graph, StepGraph) and graph.captured and graph.replays == 60 - graph.warmup_steps - 1  # and the rehearsal
     first = trainer.gen_optimizer.param_groups[0]["params"][0]
     assert int(trainer.gen_optimizer.state[first]["step"]) == 60  # no replay skipped its Adam step
     group = trainer.gen_optimizer.param_groups[0]
@@ -258,7 +311,7 @@ def test_on_a_gpu_a_component_that_synchronises_is_named_and_trains_eagerly(monk
     monkeypatch.setattr(trainer.algorithm.divergence, "generator_loss", syncing)
     with pytest.warns(GraphCaptureWarning, match=r"synchronises with the host at .*test_step_graph.py:\d+"):
         trainer.fit(progress=False)
-    assert trainer.algorithm.graph.disabled and not trainer.algorithm.graph.captured and trainer.step == 6
+    assert trainer.algorithm.disabled and not trainer.algorithm.captured and trainer.step == 6
 
 
 def test_a_sync_is_located_at_the_first_frame_outside_torch():
