@@ -222,7 +222,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     assert out is not None
 
-    existing = (out / "model.safetensors").exists()
+    from .rundir import has_checkpoint
+
+    existing = has_checkpoint(out)
     if existing and not args.resume:
         raise CommandError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
     if args.resume:

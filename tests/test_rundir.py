@@ -306,7 +306,7 @@ _MUST_KILL_BEFORE = {
 
 #: States the sweep does not leave behind, because of known bugs (each has an xfail test below;
 #: when one is fixed, its test XPASSes and fails: drop its name here and its xfail marker).
-KNOWN_BUG_STATES = ["config-tmp", "latest-without-model"]
+KNOWN_BUG_STATES: list[str] = []
 
 
 @pytest.mark.slow
@@ -375,9 +375,6 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a run killed while writing its first config.json leaves "
-                   ".config.json.XXXXXXXX.tmp, and `train --out` then takes the folder for someone else's "
-                   "(check_output_dir ignores only the lock file); KNOWN_BUG_STATES 'config-tmp'")
 def test_a_run_killed_while_writing_its_first_config_starts_again(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -386,10 +383,6 @@ def test_a_run_killed_while_writing_its_first_config_starts_again(tmp_path):
     assert train_tiny(run) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a run killed after its first checkpoint's `latest` switched "
-                   "but before RUN/model.safetensors was written loads, but `train --resume` says it holds no "
-                   "run (the command line looks for model.safetensors, not latest); KNOWN_BUG_STATES "
-                   "'latest-without-model'")
 def test_a_run_killed_before_its_first_weights_file_resumes(tmp_path):
     run = tmp_path / "run"
     assert train_tiny(run, "--checkpoint-every", "2") == 0

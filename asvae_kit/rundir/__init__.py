@@ -23,13 +23,14 @@ import torch
 from ..fileio import remove_stale_temporaries
 from .checkpoint import MODEL_FILE, STATE_FILE, read_checkpoint, write_checkpoint
 from .files import CONFIG_FILE, METRICS_FILE, write_config, write_grids
-from .lock import LOCK_FILE, RunLock, check_output_dir, is_run_dir
+from .lock import LOCK_FILE, RunLock, check_output_dir, has_checkpoint, is_run_dir
 
 __all__ = [
     "RunDirectory",
     "RunLock",
     "check_output_dir",
     "is_run_dir",
+    "has_checkpoint",
     "CONFIG_FILE",
     "METRICS_FILE",
     "MODEL_FILE",

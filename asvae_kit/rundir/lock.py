@@ -15,16 +15,30 @@ import time
 from pathlib import Path
 
 from ..errors import RunDirectoryError
+from ..fileio import TMP_SUFFIX
 
 __all__ = ["LOCK_FILE", "RUN_FILES", "is_run_dir", "check_output_dir", "RunLock"]
 
 LOCK_FILE = ".asvae-kit.lock"
-#: Files whose presence marks a folder as an asvae-kit run.
-RUN_FILES = ("config.json", "model.safetensors")
+#: Files whose presence marks a folder as an asvae-kit run (``latest`` names its newest checkpoint).
+RUN_FILES = ("config.json", "model.safetensors", "latest")
 
 
 def is_run_dir(path: Path) -> bool:
     return any((path / name).is_file() for name in RUN_FILES)
+
+
+def has_checkpoint(path: Path) -> bool:
+    """A checkpoint of the run in ``path`` can be loaded: ``latest`` names one (a kill between the
+    switch of ``latest`` and the top-level weights file leaves no ``model.safetensors`` yet), or
+    the weights of a run from asvae-kit 0.1 sit at its top."""
+    return (path / "latest").is_file() or (path / "model.safetensors").is_file()
+
+
+def _ours(name: str) -> bool:
+    """What a run leaves in its folder besides its files: the lock, and the temporary file of an
+    atomic write a kill cut short (``.NAME.XXXXXXXX.tmp``, removed when training starts again)."""
+    return name == LOCK_FILE or (name.startswith(".") and name.endswith(TMP_SUFFIX))
 
 
 def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -33,7 +47,7 @@ def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Pat
     if path.exists() and not path.is_dir():
         raise RunDirectoryError(f"--out {path} is a file, not a directory; choose a directory for the run")
     if path.is_dir() and not is_run_dir(path) and not overwrite:
-        others = sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE)
+        others = sorted(p.name for p in path.iterdir() if not _ours(p.name))
         if others:
             shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
             raise RunDirectoryError(
