@@ -36,7 +36,7 @@ from asvae_kit.compare import (
     run_overrides,
     tune_runs,
 )
-from asvae_kit.report import mean_std_cell, replace_block
+from asvae_kit.compare.report import mean_std_cell, replace_block
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"batch_size": 32, "latent_dim": 4, "encoder.hidden": [16], "decoder.hidden": [16], "discriminator.hidden": [16], "log_every": 10}

@@ -2,7 +2,8 @@
 
 Nothing here reads the clock or the machine: dates, the machine, timings and split sizes all come
 from the rows, so ``--report-only`` rebuilds the report byte for byte.  ``replace_block`` rewrites
-the marked block of a document and keeps the prose around it.
+the marked block of a document and keeps the prose around it; ``write_reports`` writes
+``OUT/report.md`` and that block of the spec's ``doc``.
 """
 
 from __future__ import annotations
@@ -10,14 +11,21 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from .progress import format_duration
+from ..progress import format_duration
+from .plan import pick_for, planned_runs, ranking
+from .runs import Run, make_run
+from .spec import Spec, format_point, format_value, metric_outputs
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .compare import Run, Spec
+__all__ = [
+    "mean_std", "mean_std_cell", "markdown_table", "replace_block", "render_report", "write_reports", "COLUMNS", "HIDDEN",
+    "REPORT_FILE", "DOC_BLOCK",
+]
 
-__all__ = ["mean_std", "mean_std_cell", "markdown_table", "replace_block", "render_report", "COLUMNS", "HIDDEN"]
+REPORT_FILE = "report.md"
+#: The marked block of ``doc`` that the report rewrites.
+DOC_BLOCK = "compare:results"
 
 #: Column title and format of the values a report shows (others: their key and 4 significant digits).
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -110,8 +118,6 @@ def _curve_value(row: Mapping[str, Any] | None, step: int, key: str) -> float:
 def _columns(entries: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any] | None], split: str, first: str | None = None) -> list[str]:
     """The value keys to show: the metrics' known outputs in metric order, then any other key the
     rows report (sorted), less ``HIDDEN``; ``first`` leads."""
-    from .compare import metric_outputs
-
     seen = {k for r in rows for k in _metrics(r, split)}
     keys = [k for e in entries for k in metric_outputs(e) if k in seen]
     keys += sorted(seen - set(keys))
@@ -124,8 +130,6 @@ def _columns(entries: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, A
 
 def metric_text(entry: Mapping[str, Any]) -> str:
     """A metric entry as written in a spec: ``nll:k=1000:n=256``."""
-    from .compare import format_value
-
     return ":".join([entry["name"], *(f"{k}={format_value(v)}" for k, v in entry.items() if k != "name")])
 
 
@@ -159,8 +163,6 @@ class _Report:
 
     # -- the protocol --------------------------------------------------------------------------
     def protocol(self) -> str:
-        from .compare import format_point
-
         spec, key = self.spec, self.spec.select.key
         counts = {m: len(spec.models[m].points) for m in spec.models}
         equal = len(set(counts.values())) == 1
@@ -212,8 +214,6 @@ class _Report:
         return f"Measured{when} on {'; '.join(machines)}{per_run}; {len(rows)} runs, {format_duration(seconds)} of training and evaluation in all."
 
     def _planned_keys(self) -> set[str]:
-        from .compare import planned_runs
-
         return {r.key for r in planned_runs(self.spec, self.rows)}
 
     # -- one data set and architecture ---------------------------------------------------------
@@ -226,16 +226,12 @@ class _Report:
         return "\n\n".join(p for p in parts if p)
 
     def _final_rows(self, dataset: str, arch: str, model: str) -> list[Mapping[str, Any] | None]:
-        from .compare import _run, pick_for
-
         pick = pick_for(self.spec, (dataset, arch, model), self.rows)
         if pick.state != "picked":
             return []
-        return [self.row(_run("final", (dataset, arch, model), self.spec, pick.index, s, self.spec.steps)) for s in self.spec.seeds]
+        return [self.row(make_run("final", (dataset, arch, model), self.spec, pick.index, s, self.spec.steps)) for s in self.spec.seeds]
 
     def _won_with(self, dataset: str, arch: str, model: str) -> str:
-        from .compare import format_point, pick_for
-
         pick = pick_for(self.spec, (dataset, arch, model), self.rows)
         if pick.state == "pending":
             return "(tuning not finished)"
@@ -274,10 +270,8 @@ class _Report:
         return " ".join(f"n/a: {name} does not apply to {', '.join(models)}." for name, models in missing.items())
 
     def tuning_table(self, dataset: str, arch: str) -> str:
-        from .compare import _run, format_point, pick_for
-
         spec, key = self.spec, self.spec.select.key
-        runs = [_run("tune", (dataset, arch, m), spec, i, spec.tune_seed, spec.steps) for m in spec.models for i in range(len(spec.models[m].points))]
+        runs = [make_run("tune", (dataset, arch, m), spec, i, spec.tune_seed, spec.steps) for m in spec.models for i in range(len(spec.models[m].points))]
         columns = _columns(spec.tune_metrics, [self.row(r) for r in runs], "val", first=key)
         body = []
         for run in runs:
@@ -314,8 +308,6 @@ class _Report:
         return text + markdown_table(["model", *(f"step {s}" for s in steps)], body)
 
     def long_table(self, dataset: str, arch: str) -> str:
-        from .compare import _run, pick_for, ranking
-
         spec, key = self.spec, self.spec.select.key
         assert spec.long is not None
         order = ranking(spec, (dataset, arch), self.rows)
@@ -326,7 +318,7 @@ class _Report:
         body = []
         for model in top:
             index = pick_for(spec, (dataset, arch, model), self.rows).index
-            rows = [self.row(_run("long", (dataset, arch, model), spec, index, s, long_steps[-1])) for s in spec.long.seeds]
+            rows = [self.row(make_run("long", (dataset, arch, model), spec, index, s, long_steps[-1])) for s in spec.long.seeds]
             finals = self._final_rows(dataset, arch, model)
             body.append([
                 model, _seeds_cell(rows), mean_std_cell(key, [_curve_value(r, spec.steps, key) for r in finals]),
@@ -342,8 +334,6 @@ class _Report:
         return text + markdown_table(header, body) + "\n\n" + self._ranking_sentence(dataset, arch, top)
 
     def _ranking_sentence(self, dataset: str, arch: str, top: list[str]) -> str:
-        from .compare import ranking
-
         spec = self.spec
         assert spec.long is not None
         sign = " < " if spec.select.goal == "min" else " > "
@@ -379,8 +369,6 @@ class _Report:
 
 
 def _phase_runs(spec: Spec, rows: Mapping[str, Mapping[str, Any]], phase: str) -> list[Run]:
-    from .compare import planned_runs
-
     return [r for r in planned_runs(spec, rows) if r.phase == phase]
 
 
@@ -406,3 +394,17 @@ def render_report(spec: Spec, rows: Mapping[str, Mapping[str, Any]], *, out: Pat
     or without a title and sections at level 3 (the block inside a document's ``## Results``)."""
     level = 2 if top_level == 1 else 3
     return _Report(spec, rows, out, where, level).render(title=top_level == 1)
+
+
+def write_reports(spec: Spec, out: Path, rows: Mapping[str, Mapping[str, Any]]) -> list[Path]:
+    """Write OUT/report.md and the block in ``doc``; the paths written."""
+    from ..fileio import atomic_write_text
+
+    written = [out / REPORT_FILE]
+    atomic_write_text(out / REPORT_FILE, render_report(spec, rows, out=out, where=out, top_level=1))
+    if spec.doc is not None:
+        body = render_report(spec, rows, out=out, where=spec.doc.parent, top_level=None)
+        old = spec.doc.read_text(encoding="utf-8") if spec.doc.is_file() else f"# {spec.title}\n"
+        atomic_write_text(spec.doc, replace_block(old, DOC_BLOCK, body))
+        written.append(spec.doc)
+    return written
