@@ -103,6 +103,7 @@ def float64():
 #: Modules that only run in a fresh interpreter, and the fast test that runs them there.
 MODULES_RUN_ELSEWHERE = {
     "asvae_kit.__main__": "tests/test_cli.py::test_console_script_and_module_entry",
+    "asvae_kit.compare.__main__": "tests/test_compare.py::test_python_dash_m_runs_the_command",
 }
 #: Modules of declarations that nothing calls: they count once imported.
 MODULES_OF_DECLARATIONS = {

@@ -363,3 +363,25 @@ def test_sigterm_stops_the_workers_and_the_same_command_resumes_from_their_check
     rows = {r["phase"]: r for r in map(json.loads, (out / RESULTS_FILE).read_text().splitlines())}
     assert rows["tune"]["resumed_from"] >= 100 and rows["final"]["resumed_from"] is None, proc.stderr
     assert f"resumed from step {rows['tune']['resumed_from']}" in proc.stderr
+
+
+def test_python_dash_m_runs_the_command():
+    """``python -m asvae_kit.compare`` (what the workers run) is the command, with its spec format as help."""
+    proc = subprocess.run([sys.executable, "-m", "asvae_kit.compare", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "results.jsonl" in proc.stdout and "--report-only" in proc.stdout
+
+
+def test_a_worker_that_fails_is_reported_with_the_tail_of_its_stderr():
+    from asvae_kit.compare.pool import WorkerFailed, WorkerPool
+
+    pool = WorkerPool(jobs=1, threads=1)
+    try:
+        future = pool.submit({"kind": "run", "not": "a job"})  # no key, config or run directory
+        with pytest.raises(WorkerFailed, match=r"worker exited with status [1-9]") as info:
+            future.result(timeout=300)
+    finally:
+        pool.stop(grace_s=5)
+    assert "Traceback" in str(info.value) or "Error" in str(info.value)
+    with pytest.raises(WorkerFailed, match="the study is stopping"):  # nothing starts once stopping
+        pool._run("{}")
