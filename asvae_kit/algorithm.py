@@ -34,6 +34,7 @@ from .ema import EMA
 from .guard import DivergenceGuard
 from .joint_batch import JointBatch, check_head_count
 from .optimizers import clip_gradients, is_scheduled, load_optimizer_state, lr_factor, optimizer_parameters, set_learning_rates
+from .schema import PRECISION_NAMES, disc_clip_grad_norm
 from .step_hooks import EagerHooks, StepHooks
 
 __all__ = ["AlgorithmStep", "PRECISIONS", "uses_batch_statistics"]
@@ -41,7 +42,7 @@ __all__ = ["AlgorithmStep", "PRECISIONS", "uses_batch_statistics"]
 #: config ``precision`` -> the autocast dtype of the forward passes (``None``: float32 throughout).
 #: "16-mixed" also scales each optimizer's loss with its own GradScaler, so an overflow skips only
 #: that optimizer's step.
-PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
+PRECISIONS: dict[str, torch.dtype | None] = dict(zip(PRECISION_NAMES, (None, torch.bfloat16, torch.float16)))
 
 
 def uses_batch_statistics(module: nn.Module) -> bool:
@@ -81,7 +82,7 @@ class AlgorithmStep:
         #: the host's hooks, which ``step`` runs the updates with
         self.hooks: StepHooks = EagerHooks(guard)
         self.device_type = (device or torch.device("cpu")).type
-        self.amp_dtype = PRECISIONS[str(config.get("precision", "32"))]
+        self.amp_dtype = PRECISIONS[config["precision"]]
         fp16 = self.amp_dtype is torch.float16
         self.scalers = {"gen": torch.amp.GradScaler(self.device_type), "disc": torch.amp.GradScaler(self.device_type)} if fp16 else {}
         # one decoder call for z_q and z_p, unless the decoder's batch statistics would mix the two
@@ -183,7 +184,7 @@ class AlgorithmStep:
             with self.forward_precision(hooks.autocast_cache):
                 d_loss, terms = self.divergence.discriminator_loss(self.discriminator, batch)
             hooks.check_loss("d_loss", d_loss, terms)
-            clip = optim["disc_clip_grad_norm"] or optim["clip_grad_norm"]
+            clip = disc_clip_grad_norm(optim)
             self._update("disc", self.disc_optimizer, d_loss, clip, hooks)
         return terms
 

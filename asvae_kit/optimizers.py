@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .schema import disc_lr
+
 __all__ = [
     "make_optimizers", "load_optimizer_state", "set_learning_rates", "lr_factor", "is_scheduled", "clip_gradients", "optimizer_parameters",
 ]
@@ -28,7 +30,7 @@ def make_optimizers(
     gen = _adam([*encoder.parameters(), *decoder.parameters()], optim["lr"], capturable, betas=betas, weight_decay=optim["weight_decay"])
     disc = None
     if discriminator is not None:
-        disc = _adam(list(discriminator.parameters()), optim["disc_lr"] or optim["lr"], capturable, betas=betas, weight_decay=optim["weight_decay"])
+        disc = _adam(list(discriminator.parameters()), disc_lr(optim), capturable, betas=betas, weight_decay=optim["weight_decay"])
     return gen, disc
 
 
@@ -76,7 +78,7 @@ def set_learning_rates(optim: dict[str, Any], gen: torch.optim.Optimizer, disc: 
     for group in gen.param_groups:
         _set_lr(group, optim["lr"] * factor)
     for group in disc.param_groups if disc is not None else ():
-        _set_lr(group, (optim["disc_lr"] or optim["lr"]) * factor)
+        _set_lr(group, disc_lr(optim) * factor)
 
 
 def _set_lr(group: dict[str, Any], value: float) -> None:

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator
 import torch
 
 from .errors import GraphCaptureError, TrainingDivergedError
+from .schema import KEYS
 from .step_hooks import EagerHooks
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,7 +69,7 @@ def capture_blocker(config: dict[str, Any], device: torch.device, dist: "DistCon
     """Why this run cannot capture its step in a CUDA graph, or ``None`` when it can."""
     if device.type != "cuda":
         return f"device is {str(device)!r}, and CUDA graphs need a CUDA device (device='cuda')"
-    if str(config.get("precision", "32")) == "16-mixed":
+    if str(config.get("precision", KEYS["precision"].default)) == "16-mixed":  # a partial config: the default
         return "precision '16-mixed' scales losses with GradScaler, which reads overflow flags on the host; use precision='bf16' or '32'"
     if dist.enabled:
         return f"data parallelism ({dist.world_size} processes) is not captured yet; run one process per run, or cuda_graphs=false"
