@@ -16,7 +16,7 @@ What does not change from step to step is set up once, not per step: the paramet
 gradients are reset, averaged and clipped and that the encoder/decoder update freezes, and the
 networks' train mode, which a step checks (one attribute per module) and sets again only when
 something left a module in eval mode (inference restores the modes it changes:
-``asvae_kit.inference``).
+``asvae_kit.trainer_base``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from torch import nn
 from .distributed import DistContext, average_gradients
 from .ema import EMA
 from .guard import DivergenceGuard
-from .joint_batch import JointBatch, check_head_count
+from .divergence import check_head_count
+from .joint_batch import JointBatch
 from .optimizers import clip_gradients, is_scheduled, load_optimizer_state, lr_factor, optimizer_parameters, set_learning_rates
 from .schema import PRECISION_NAMES, disc_clip_grad_norm
 from .step_hooks import EagerHooks, StepHooks

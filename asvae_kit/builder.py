@@ -19,6 +19,7 @@ import torch
 
 from .algorithm import AlgorithmStep
 from .config import parse_spec, resolve_config
+from .divergence import check_divergence
 from .distributed import broadcast_parameters, context_from_env, resolve_device
 from .ema import EMA
 from .errors import CheckpointError, ConfigError
@@ -63,7 +64,7 @@ def build_from_config(config: dict[str, Any], *, dataset: Any = None) -> Trainer
 
     torch.manual_seed(config["seed"])
     divergence = build_entry("divergence", config["divergence"])
-    num_heads = int(getattr(divergence, "num_heads", 0))
+    num_heads = check_divergence(divergence, config["divergence"]["name"])
     encoder = build_entry("encoder", config["encoder"], **context)
     decoder = build_entry("decoder", config["decoder"], **context)
     discriminator = build_entry("discriminator", config["discriminator"], num_heads=num_heads, **context) if num_heads > 0 else None

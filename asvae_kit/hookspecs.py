@@ -98,8 +98,9 @@ def register_divergences(register: RegisterFn) -> None:
     batch then decodes z_q and z_p in one decoder call, unless the decoder has BatchNorm),
     ``discriminator_loss(discriminator, batch) -> (loss, diagnostics)`` and
     ``generator_loss(discriminator, batch) -> (loss, diagnostics)``; ``batch`` is an
-    ``asvae_kit.joint_batch.JointBatch``.  Head statistics go through
-    ``asvae_kit.kernels.fused_disc_head``.
+    ``asvae_kit.joint_batch.JointBatch``.  The trainer checks the built object against
+    ``asvae_kit.divergence.Divergence``; head statistics go through
+    ``asvae_kit.divergence.head_statistics`` (``asvae_kit.kernels.fused_disc_head``).
 
     Example: ``register("my-gan", MyGanDivergence, description="hinge loss on the joints")``.
     """

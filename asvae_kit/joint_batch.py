@@ -5,25 +5,20 @@ A ``JointBatch`` holds the data batch x and the prior draws z_p, z_m of one algo
 for: z_q ~ q(z|x), x_p ~ p(x|z_p), log p(x|z_q), log q(z_p|x_p), the analytic KL.  A plain VAE
 therefore never runs the decoder on prior codes, and ALI never reconstructs.
 
-``head_statistics`` is the one place the discriminator's head meets the losses: it stacks the
-(x, z) pairs of several segments, runs ``features`` once and hands the head to
-``asvae_kit.kernels.fused_disc_head``.
+What a divergence does with these samples (its protocol, and the discriminator-head statistics
+it reads) is ``asvae_kit.divergence``'s.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import ConfigError
-from .kernels import fused_disc_head
 
-__all__ = ["JointBatch", "Divergence", "head_statistics", "check_head_count", "MEAN", "SOFTPLUS", "SOFTPLUS_NEG"]
-
-#: Indices into the last axis of ``fused_disc_head``'s output.
-MEAN, SOFTPLUS, SOFTPLUS_NEG = 0, 1, 2
+__all__ = ["JointBatch"]
 
 
 class computed_once:
@@ -160,45 +155,3 @@ def _tile_rows(x: torch.Tensor, n: int) -> torch.Tensor:
     """``n`` rows cut from ``x`` repeated along its first axis (``n`` may be 0)."""
     reps = -(-n // max(x.shape[0], 1))
     return x.repeat(reps, *([1] * (x.dim() - 1)))[:n]
-
-
-def check_head_count(discriminator: nn.Module | None, num_heads: int, divergence: str) -> None:
-    """Raise ``ConfigError`` unless the discriminator's head has ``num_heads`` outputs."""
-    if num_heads == 0:
-        return
-    if discriminator is None:
-        raise ConfigError(f"divergence {divergence!r} needs a discriminator with {num_heads} head(s), but none was given")
-    head = getattr(discriminator, "head", None)
-    if not isinstance(head, nn.Linear):
-        raise ConfigError(f"discriminator {type(discriminator).__name__} has no `head` nn.Linear (docs/design.md §2)")
-    if head.out_features != num_heads:
-        raise ConfigError(
-            f"divergence {divergence!r} needs a discriminator with {num_heads} head(s), but its head has "
-            f"{head.out_features} output(s); build it with num_heads={num_heads}"
-        )
-
-
-def head_statistics(
-    discriminator: nn.Module, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]
-) -> torch.Tensor:
-    """``[S, K, 3]`` statistics (mean l, mean softplus(l), mean softplus(-l)) of each (x, z) segment."""
-    x = torch.cat([p[0] for p in pairs]) if len(pairs) > 1 else pairs[0][0]
-    z = torch.cat([p[1] for p in pairs]) if len(pairs) > 1 else pairs[0][1]
-    h = discriminator.features(x, z)
-    head = discriminator.head
-    return fused_disc_head(h, head.weight, head.bias, [p[0].shape[0] for p in pairs])
-
-
-@runtime_checkable
-class Divergence(Protocol):
-    """What the trainer needs of a divergence estimator (docs/design.md §2).
-
-    Both losses return ``(loss, diagnostics)``: a scalar to minimise and a dict of detached
-    scalar tensors the trainer logs (e.g. ``skl``, ``l_x``, ``l_z``).
-    """
-
-    num_heads: int
-
-    def discriminator_loss(self, discriminator: nn.Module, batch: JointBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
-
-    def generator_loss(self, discriminator: nn.Module | None, batch: JointBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...

@@ -4,7 +4,7 @@ It feeds batches to the ``AlgorithmStep`` (which makes the discriminator and enc
 updates of each step), logs averaged loss terms, stops cleanly on
 SIGTERM/SIGINT and on divergence, and tells its ``RunDirectory`` when to write the config, the
 metrics, the grids and the checkpoints (how they are written is ``asvae_kit.rundir``'s job).
-Sampling and encoding come from ``asvae_kit.inference``, metrics from ``asvae_kit.evaluation``.
+Sampling and encoding come from ``asvae_kit.trainer_base``, metrics from ``asvae_kit.evaluation``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from .errors import CheckpointError, ConfigError, NotHeldOutError, TrainingDiver
 from .ema import RAW_PREFIX
 from .evaluation import Evaluation, evaluate
 from .images import interleave_rows
-from .loggers import Loggers
-from .inference import Inference
-from .losslog import LossLog
+from .logger_group import LoggerGroup
+from .loss_history import LossHistory
+from .trainer_base import TrainerBase
 from .progress import Progress, progress_mode
 from .rng import capture_rng, restore_rng
 from .rundir import CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, RunDirectory
@@ -46,7 +46,7 @@ GRID_SIZE = 64
 RECON_PAIRS = 32
 
 
-class Trainer(Inference):
+class Trainer(TrainerBase):
     """Encoder, decoder, discriminator and divergence with their optimizers and training loop.
 
     Build one with ``asvae_kit.build(...)`` or ``asvae_kit.load(run_dir)``: the builder makes the
@@ -70,11 +70,11 @@ class Trainer(Inference):
         self.encoder, self.decoder, self.discriminator = algorithm.encoder, algorithm.decoder, algorithm.discriminator
         self.divergence, self.num_heads = algorithm.divergence, algorithm.num_heads
         self.gen_optimizer, self.disc_optimizer, self.ema = algorithm.gen_optimizer, algorithm.disc_optimizer, algorithm.ema
-        self.loggers = Loggers(loggers)  # built from config['loggers']; open only while a writing fit() runs
+        self.loggers = LoggerGroup(loggers)  # built from config['loggers']; open only while a writing fit() runs
         self.data = data  # the configured data set's splits; training sees only split_data("train")
         #: fit(data=...) trained on other data, so the configured val/test splits are not held out from it
         self.trained_on_fit_data = False
-        self.step, self.log = 0, LossLog()
+        self.step, self.log = 0, LossHistory()
         self.run: RunDirectory | None = None
         self.run_id = uuid.uuid4().hex  # tags every checkpoint of this run (load keeps the saved one)
         seed_replica_noise(self.dist, config["seed"], self.step)

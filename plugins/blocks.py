@@ -10,7 +10,7 @@ from torch import nn
 
 from asvae_kit.checks import check_int, check_number
 from asvae_kit.errors import ConfigError, UnsupportedShapeError
-from asvae_kit.shapes import check_data_shape, check_latent_dim, downsample_sizes
+from asvae_kit.plugins.shapes import check_data_shape, check_latent_dim, downsample_sizes
 
 __all__ = ["mlp", "ResBlock", "ConvDownStack", "ConvUpStack", "DCGANDownStack", "DCGANUpStack", "dcgan_sizes", "dcgan_widths", "check_input", "channel_widths", "check_positive_int", "check_hidden"]
 

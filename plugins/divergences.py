@@ -15,7 +15,8 @@ from torch import nn
 import asvae_kit
 from asvae_kit.checks import check_bool, check_choice, check_number
 from asvae_kit.errors import ConfigError
-from asvae_kit.joint_batch import MEAN, SOFTPLUS, SOFTPLUS_NEG, JointBatch, head_statistics
+from asvae_kit.divergence import MEAN, SOFTPLUS, SOFTPLUS_NEG, head_statistics
+from asvae_kit.joint_batch import JointBatch
 
 __all__ = ["ELBO", "AVB", "ALI", "ASVAE", "ASVAE_CRITICS"]
 

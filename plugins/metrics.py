@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 import asvae_kit
 from asvae_kit.checks import check_int
-from asvae_kit.classifier import classifier_features, frechet_distance, project_classifier
+from asvae_kit.plugins.classifier import classifier_features, frechet_distance, project_classifier
 from asvae_kit.data import images_and_labels
 from asvae_kit.distributions import GaussianPosterior, standard_normal_log_prob
 from asvae_kit.evaluation import MetricNotApplicable
@@ -154,7 +154,7 @@ def _training_split(trainer, what: str):
 
 def fd(trainer, data: torch.Tensor, *, seed: int = 0) -> dict[str, float]:
     """Fréchet distance between ``data`` and as many samples (decoder means at z ~ p(z), seeded)
-    in the features of the project classifier (``asvae_kit.classifier``), trained on the data
+    in the features of the project classifier (``asvae_kit.plugins.classifier``), trained on the data
     set's training split and cached.  Not FID: comparable only between runs on the same data.
     ``fd_train`` is the same distance for real training images, the floor at this sample size."""
     images, labels = _training_split(trainer, "fd (FD on the project classifier)")

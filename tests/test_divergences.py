@@ -42,13 +42,8 @@ from linear_gaussian import (
 
 import asvae_kit
 from asvae_kit.errors import ConfigError
-from asvae_kit.joint_batch import (
-    MEAN,
-    SOFTPLUS,
-    SOFTPLUS_NEG,
-    JointBatch,
-    head_statistics,
-)
+from asvae_kit.divergence import MEAN, SOFTPLUS, SOFTPLUS_NEG, head_statistics
+from asvae_kit.joint_batch import JointBatch
 
 # ------------------------------------------------------------------------------------------------
 # Closed forms (differentiable torch functions of the parameters).

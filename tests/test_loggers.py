@@ -1,4 +1,4 @@
-"""Loggers (``plugins/loggers.py`` and the ``register_loggers`` hook): csv by default, TensorBoard
+"""LoggerGroup (``plugins/loggers.py`` and the ``register_loggers`` hook): csv by default, TensorBoard
 event files, wandb offline (through a stand-in module), an outside logger, and clear errors."""
 
 from __future__ import annotations
@@ -141,10 +141,10 @@ class _Stub:
 
 
 def test_only_started_loggers_are_fed_and_closed(tmp_path):
-    from asvae_kit.loggers import Loggers
+    from asvae_kit.logger_group import LoggerGroup
 
     log = []
-    group = Loggers([_Stub(log, "a"), _Stub(log, "b", fail=True), _Stub(log, "c")])
+    group = LoggerGroup([_Stub(log, "a"), _Stub(log, "b", fail=True), _Stub(log, "c")])
     group.log_row({"step": 1})  # not open: nowhere
     with pytest.raises(RuntimeError, match="b cannot start"):
         with group.opened(tmp_path, {}, 0, "id"):

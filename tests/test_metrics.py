@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import asvae_kit
-from asvae_kit.classifier import FeatureClassifier, classifier_features, frechet_distance, project_classifier
+from asvae_kit.plugins.classifier import FeatureClassifier, classifier_features, frechet_distance, project_classifier
 from asvae_kit.evaluation import MetricNotApplicable
 from asvae_kit.plugins import metrics
 from linear_gaussian import D_X, DECODER, make_trainer, sample_data
@@ -203,7 +203,7 @@ ALL_METRICS = ["recon", "nll:k=4:n=16", "fd", "skl", "probe:max_train=200", "rec
 @pytest.fixture
 def quick_classifier(monkeypatch):
     """fd's project classifier trained in 20 steps (a recipe of its own, so its own cache entry)."""
-    from asvae_kit import classifier
+    from asvae_kit.plugins import classifier
 
     monkeypatch.setitem(classifier.RECIPE, "steps", 20)
 

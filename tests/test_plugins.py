@@ -245,3 +245,25 @@ def test_builtins_register_through_the_same_hooks():
         "register_loggers",
     }
     assert all(r.status == "ok" and r.distribution == "asvae-kit" for r in records)
+
+
+HALF_DIVERGENCE = """
+    import asvae_kit
+
+    class HalfDivergence:
+        num_heads = 1
+
+        def discriminator_loss(self, discriminator, batch):
+            raise AssertionError("never reached: the builder refuses this divergence")
+
+    @asvae_kit.hookimpl
+    def register_divergences(register):
+        register("half", HalfDivergence, description="lacks generator_loss")
+"""
+
+
+def test_a_divergence_without_the_protocol_fails_at_build_naming_what_it_lacks(site):
+    install_plugin(site, dist="asvae-kit-half", module="asvae_half_plugin", source=HALF_DIVERGENCE)
+    with pytest.raises(asvae_kit.errors.PluginError, match=r"'half'.*HalfDivergence.*no generator_loss") as info:
+        asvae_kit.build("mlp-asvae", divergence="half", data={"name": "digits"}, steps=1)
+    assert "asvae_kit.divergence.Divergence" in str(info.value)

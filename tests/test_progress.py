@@ -1,5 +1,5 @@
 """What a person sees while a run trains (``asvae_kit.progress``) and the averaged loss rows behind
-it (``asvae_kit.losslog``)."""
+it (``asvae_kit.loss_history``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import asvae_kit
-from asvae_kit.losslog import LossLog
+from asvae_kit.loss_history import LossHistory
 from asvae_kit.progress import Progress, format_duration, progress_mode
 
 
@@ -55,7 +55,7 @@ def test_fit_off_a_terminal_prints_lines(capsys):
 
 
 def test_loss_rows_average_the_steps_since_the_last_row():
-    log = LossLog()
+    log = LossHistory()
     log.start(0)
     for v in (1.0, 2.0, 6.0):
         log.add({"g_loss": torch.tensor(v)})

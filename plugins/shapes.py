@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .checks import check_int
-from .errors import UnsupportedShapeError
+from asvae_kit.checks import check_int
+from asvae_kit.errors import UnsupportedShapeError
 
 __all__ = ["SUPPORTED_SIZES", "SUPPORTED_CHANNELS", "check_data_shape", "check_latent_dim", "downsample_sizes"]
 

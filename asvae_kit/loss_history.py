@@ -1,4 +1,7 @@
-"""The loss terms of a run: every step's terms, averaged into one row per ``log_every`` steps.
+"""The run's loss history: every step's loss terms, averaged into one row per ``log_every`` steps.
+
+(Not to be confused with the experiment loggers, which receive these rows: ``asvae_kit.logger_group``
+holds a run's loggers as one group, and ``plugins/loggers.py`` has the built-in ones.)
 
 Terms stay tensors until a row is made, so logging costs no device sync per step.  A row holds
 ``step``, the averaged terms, ``time_s`` (training seconds, continued across resumes) and
@@ -12,10 +15,10 @@ import time
 
 import torch
 
-__all__ = ["LossLog"]
+__all__ = ["LossHistory"]
 
 
-class LossLog:
+class LossHistory:
     """``start()`` at the beginning of ``fit``, ``add(terms)`` every step, ``row(step)`` to log."""
 
     def __init__(self) -> None:

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import DataError
-from .fileio import atomic_path, atomic_write_text
+from asvae_kit.errors import DataError
+from asvae_kit.fileio import atomic_path, atomic_write_text
 
 __all__ = ["FeatureClassifier", "ClassifierInfo", "project_classifier", "frechet_distance", "gaussian_stats", "cache_dir", "RECIPE"]
 

@@ -15,10 +15,10 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-__all__ = ["Loggers"]
+__all__ = ["LoggerGroup"]
 
 
-class Loggers:
+class LoggerGroup:
     def __init__(self, loggers: Sequence[Any] = ()) -> None:
         self.all = list(loggers)
         self._open: list[Any] = []

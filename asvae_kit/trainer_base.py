@@ -1,6 +1,7 @@
-"""Using trained networks: samples, interpolations, posterior means and reconstructions.
+"""The ``Trainer``'s base class: using the trained networks (samples, interpolations, posterior
+means, reconstructions, and the weights and modes they are used in).
 
-``Inference`` is the part of ``Trainer``'s public API that only reads the networks; it needs
+``TrainerBase`` is the part of ``Trainer``'s public API that only reads the networks; it needs
 ``encoder``, ``decoder``, ``latent_dim``, ``data_shape`` and ``device`` from the class it is mixed
 into, and uses the weight average (``ema``) when there is one.
 """
@@ -16,13 +17,13 @@ from torch import nn
 from .checks import check_int
 from .images import slerp
 
-__all__ = ["Inference", "NETWORKS"]
+__all__ = ["TrainerBase", "NETWORKS"]
 
 #: The networks of a run, in the order their weights are saved (prefix ``encoder.`` ...).
 NETWORKS = ("encoder", "decoder", "discriminator")
 
 
-class Inference:
+class TrainerBase:
     encoder: nn.Module
     decoder: nn.Module
     discriminator: nn.Module | None
