@@ -278,3 +278,24 @@ def test_no_signature_is_read_after_registration(tmp_path, capsys, monkeypatch):
     assert main(["train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "add --data NAME" in capsys.readouterr().err
     assert reads == []
+
+
+def test_design_doc_recipe_table_equals_the_presets_recipes():
+    """docs/design.md §2's recipe table says what ``RECIPES`` holds, preset by preset."""
+    import re
+
+    from asvae_kit.plugins.presets import RECIPES
+
+    text = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    table = text.split("| preset | recipe |", 1)[1].split("\n\n", 1)[0]
+    documented = {}
+    for line in table.strip().splitlines()[1:]:
+        presets, recipe = line.strip("|").split("|", 1)
+        settings = {k: float(v) for k, v in re.findall(r"`([\w.]+): ([\d.e-]+)`", recipe)}
+        for name in re.findall(r"`([\w-]+)`", presets):
+            documented[name] = settings
+    expected = {}
+    for (arch, variant), recipe in RECIPES.items():
+        flat = {f"{group}.{key}": float(value) for group, values in recipe.items() for key, value in values.items()}
+        expected[f"{arch}-{variant}"] = flat
+    assert documented == expected
