@@ -82,6 +82,9 @@ class AlgorithmStep:
         self.config, self.dist, self.guard, self.ema = config, dist, guard, ema
         #: the host's hooks, which ``step`` runs the updates with
         self.hooks: StepHooks = EagerHooks(guard)
+        #: under data parallelism: this process asks to stop after the step (set by the trainer),
+        #: and whether any process asked, agreed in the step's all-reduce (``_update``)
+        self.stop_requested, self.agreed_stop = False, False
         self.device_type = (device or torch.device("cpu")).type
         self.amp_dtype = PRECISIONS[config["precision"]]
         fp16 = self.amp_dtype is torch.float16
@@ -148,15 +151,35 @@ class AlgorithmStep:
             if name in (state.get("scalers") or {}):
                 scaler.load_state_dict(state["scalers"][name])
 
-    def _update(self, which: str, optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float | None, hooks: StepHooks) -> None:
-        """Backward, gradient averaging, (unscaling,) clipping and the optimizer step."""
+    def _update(
+        self, which: str, optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float | None, hooks: StepHooks,
+        term: str, terms: dict[str, torch.Tensor],
+    ) -> None:
+        """Backward, gradient averaging, the guard's check of the loss, (unscaling,) clipping and
+        the optimizer step.
+
+        Under data parallelism the loss, its diagnostics and this process's stop request travel with the
+        gradients, in the same all-reduce: the guard then checks the loss of the global batch
+        (the mean over processes), which every process holds to the bit, so all reach the same
+        verdict with the same message at the same step, and a NaN on one process stops all of
+        them before any optimizer steps.  ``agreed_stop`` says whether any process asked to stop."""
         scaler = self.scalers.get(which)
         params = self._optimized[which]
         for p in params:  # optimizer.zero_grad(set_to_none=True), without its profiler range
             p.grad = None
         (scaler.scale(loss) if scaler is not None else loss).backward()
         if self.dist.enabled:
-            average_gradients(self._averaged[which], self.dist)
+            names = sorted(terms)
+            local = torch.stack([
+                loss.detach().float(), torch.tensor(float(self.stop_requested), device=loss.device),
+                *(terms[k].detach().float().reshape(()) for k in names),
+            ])
+            agreed = average_gradients(self._averaged[which], self.dist, extras=local)
+            assert agreed is not None
+            loss, stop = agreed[0] / self.dist.world_size, agreed[1]
+            terms = {k: v / self.dist.world_size for k, v in zip(names, agreed[2:])}  # for the guard's message
+            self.agreed_stop = self.agreed_stop or bool(stop > 0)
+        hooks.check_loss(term, loss, terms)
         if scaler is not None:
             scaler.unscale_(optimizer)
         if clip is not None:
@@ -184,9 +207,8 @@ class AlgorithmStep:
         for _ in range(optim["n_critic"]):
             with self.forward_precision(hooks.autocast_cache):
                 d_loss, terms = self.divergence.discriminator_loss(self.discriminator, batch)
-            hooks.check_loss("d_loss", d_loss, terms)
             clip = disc_clip_grad_norm(optim)
-            self._update("disc", self.disc_optimizer, d_loss, clip, hooks)
+            self._update("disc", self.disc_optimizer, d_loss, clip, hooks, "d_loss", terms)
         return terms
 
     def generator_step(self, batch: JointBatch, hooks: StepHooks | None = None) -> dict[str, torch.Tensor]:
@@ -198,8 +220,7 @@ class AlgorithmStep:
         try:
             with self.forward_precision(hooks.autocast_cache):
                 g_loss, terms = self.divergence.generator_loss(self.discriminator, batch)
-            hooks.check_loss("g_loss", g_loss, terms)
-            self._update("gen", self.gen_optimizer, g_loss, self.config["optim"]["clip_grad_norm"], hooks)
+            self._update("gen", self.gen_optimizer, g_loss, self.config["optim"]["clip_grad_norm"], hooks, "g_loss", terms)
             if self.ema is not None:
                 self.ema.update(hooks.ema_weight())
         finally:
@@ -219,6 +240,7 @@ class AlgorithmStep:
         """What comes before step ``number``'s updates: its learning rates (``optim.schedule``), the
         networks in train mode, and where the guard's message says it is."""
         self.guard.at(number, saved)
+        self.agreed_stop = False
         optim = self.config["optim"]
         if is_scheduled(optim):
             set_learning_rates(optim, self.gen_optimizer, self.disc_optimizer, lr_factor(optim, number - 1, self.config["steps"]))

@@ -16,16 +16,27 @@ constraints on how the modules are called.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, PeerLostError
 
-__all__ = ["DistContext", "context_from_env", "average_gradients", "broadcast_parameters", "resolve_device", "seed_replica_noise"]
+__all__ = [
+    "DistContext", "context_from_env", "average_gradients", "all_reduce_flat", "broadcast_parameters", "resolve_device",
+    "seed_replica_noise", "timeout_seconds", "TIMEOUT_ENV", "peers_reported",
+]
+
+#: Seconds a collective may wait for a peer before it fails (``$ASVAE_KIT_DIST_TIMEOUT``): a rank
+#: whose peer vanished stops with an error instead of waiting forever.
+TIMEOUT_ENV, DEFAULT_TIMEOUT_S = "ASVAE_KIT_DIST_TIMEOUT", 600.0
 
 
 @dataclass(frozen=True)
@@ -57,31 +68,81 @@ def context_from_env(device: str = "auto") -> DistContext:
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")
     if not dist.is_initialized():
         on_gpu = torch.cuda.is_available() and not str(device).startswith("cpu")
-        dist.init_process_group("nccl" if on_gpu else "gloo")
+        dist.init_process_group("nccl" if on_gpu else "gloo", timeout=timedelta(seconds=timeout_seconds()))
+        # leave the group before the interpreter's teardown: gloo's threads, still running when a
+        # process exits without this, end it with SIGABRT ("terminate called without an active
+        # exception"), which torchrun reports as the run's failure
+        atexit.register(_leave_process_group)
     return DistContext(world_size=dist.get_world_size(), rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0") or 0))
 
 
-def _flat_all_reduce(tensors: list[torch.Tensor], average_over: int | None) -> None:
+def timeout_seconds() -> float:
+    """``$ASVAE_KIT_DIST_TIMEOUT`` (seconds, > 0), else 600."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds > 0; unset it for {DEFAULT_TIMEOUT_S:g} s or set e.g. {TIMEOUT_ENV}=300")
+    return value
+
+
+def _leave_process_group() -> None:
     import torch.distributed as dist
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-    if not tensors:
-        return
-    flat = _flatten_dense_tensors(tensors)
-    dist.all_reduce(flat)
-    if average_over:
-        flat /= average_over
-    for t, synced in zip(tensors, _unflatten_dense_tensors(flat, tensors)):
-        t.copy_(synced)
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # already torn down by a failed peer: nothing left to leave
+            pass
 
 
-def average_gradients(parameters: Iterable[nn.Parameter], ctx: DistContext) -> None:
-    """Average ``.grad`` across processes.  Every replica runs the same graph, so the same
-    parameters have gradients everywhere; those without one (unused this step) are left alone,
-    as a single process would leave them."""
+def all_reduce_flat(tensors: list[torch.Tensor], extras: torch.Tensor | None = None, *, average_over: int | None = None) -> torch.Tensor | None:
+    """Sum ``tensors`` (and the 1-D ``extras``) across processes in one ``all_reduce`` call,
+    through a flat buffer of torch's public API; with ``average_over``, the tensors come back
+    divided by it (``extras`` always come back as sums).  Returns the reduced ``extras``.
+
+    One call per optimizer: the gradients of a step's update travel together, and so do the
+    values every rank must agree on (the update's loss, a stop request; ``algorithm.py``), so
+    agreement costs no collective of its own.  Tensors of several dtypes go in one call per dtype.
+    """
+    import torch.distributed as dist
+
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.dtype, []).append(t)
+    if extras is not None:
+        groups.setdefault(extras.dtype, [])
+    reduced = None
+    for dtype, members in groups.items():
+        parts = [t.reshape(-1) for t in members]
+        carries = extras is not None and extras.dtype == dtype
+        if carries:
+            parts.append(extras.reshape(-1))
+        flat = torch.cat(parts) if len(parts) > 1 else parts[0].clone()
+        dist.all_reduce(flat)
+        offset = 0
+        for t in members:
+            n = t.numel()
+            chunk = flat[offset : offset + n].view_as(t)
+            t.copy_(chunk / average_over if average_over else chunk)
+            offset += n
+        if carries:
+            reduced = flat[offset:]
+    return reduced
+
+
+def average_gradients(parameters: Iterable[nn.Parameter], ctx: DistContext, extras: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Average ``.grad`` across processes, and sum ``extras`` (a 1-D tensor) in the same call;
+    returns the summed ``extras``.  Every replica runs the same graph, so the same parameters
+    have gradients everywhere; those without one (unused this step) are left alone, as a single
+    process would leave them."""
     if not ctx.enabled:
-        return
-    _flat_all_reduce([p.grad for p in parameters if p.grad is not None], ctx.world_size)
+        return extras
+    return all_reduce_flat([p.grad for p in parameters if p.grad is not None], extras, average_over=ctx.world_size)
 
 
 @torch.no_grad()
@@ -120,3 +181,38 @@ def seed_replica_noise(ctx: DistContext, seed: int, step: int) -> None:
     order); a function of (seed, rank, step), so a resumed run reseeds consistently."""
     if ctx.enabled:
         torch.manual_seed((int(seed) * 7919 + ctx.rank) * 1_000_003 + step)
+
+
+def _is_collective_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` came from a collective whose peer failed (torch's ``DistError`` family, or
+    a backend's plain ``RuntimeError`` saying so)."""
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("gloo", "nccl", "connection closed", "connection reset", "timed out", "timeout", "broken pipe")
+    )
+
+
+@contextlib.contextmanager
+def peers_reported(step: int, saved: tuple[Path, int] | None, ctx: DistContext) -> Iterator[None]:
+    """Around a step under data parallelism: a collective that fails because a peer left or
+    stopped answering becomes a ``PeerLostError`` that says so (instead of the backend's own
+    message), with what is safe on disk."""
+    try:
+        yield
+    except Exception as exc:
+        if not _is_collective_failure(exc):
+            raise
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        kept = (
+            f"the last checkpoint in {saved[0]} (step {saved[1]}) is intact" if saved is not None else "no checkpoint of this run was written"
+        )
+        raise PeerLostError(
+            f"process {ctx.rank} of {ctx.world_size}: another process left or stopped answering during step {step}'s "
+            f"all-reduce ({reason}); its own output says why. Training stopped here and {kept}; run the same command "
+            f"with --resume-if-exists to go on (or raise {TIMEOUT_ENV} if a peer is only slow)."
+        ) from exc
+

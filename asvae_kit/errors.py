@@ -22,6 +22,7 @@ __all__ = [
     "RunDirectoryError",
     "TrainingDivergedError",
     "GraphCaptureError",
+    "PeerLostError",
 ]
 
 
@@ -111,3 +112,9 @@ class TrainingDivergedError(AsvaeKitError, FloatingPointError):
 class GraphCaptureError(AsvaeKitError, RuntimeError):
     """Recording the training step in a CUDA graph failed (``cuda_graphs``) after its rehearsal
     found nothing that could not be recorded; the process's CUDA state may not be usable."""
+
+
+class PeerLostError(AsvaeKitError, RuntimeError):
+    """Under data parallelism, another process left or stopped answering in the middle of a step's
+    all-reduce (it failed, was killed, or passed ``$ASVAE_KIT_DIST_TIMEOUT``); its own output says
+    why.  Nothing is saved after that step."""

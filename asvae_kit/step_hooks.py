@@ -25,8 +25,9 @@ class StepHooks(Protocol):
     autocast_cache: bool
 
     def check_loss(self, term: str, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
-        """Before ``loss``'s backward: act on a divergent ``loss`` (``term`` is ``"d_loss"`` or
-        ``"g_loss"``; ``terms`` are its diagnostics, for the message)."""
+        """Before the optimizer steps on ``loss``'s gradients: act on a divergent ``loss`` (``term``
+        is ``"d_loss"`` or ``"g_loss"``; ``terms`` are its diagnostics, for the message).  Under
+        data parallelism ``loss`` is the mean over processes, the same on every one."""
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Step ``optimizer`` (its gradients are ready: averaged, unscaled, clipped)."""

@@ -22,7 +22,7 @@ import torch
 from .algorithm import AlgorithmStep
 from .checks import check_int
 from .data import BatchStream, check_images, first_images
-from .distributed import DistContext, seed_replica_noise
+from .distributed import DistContext, peers_reported, seed_replica_noise
 from .errors import CheckpointError, ConfigError, NotHeldOutError, TrainingDivergedError
 from .ema import RAW_PREFIX
 from .evaluation import Evaluation, evaluate
@@ -85,6 +85,7 @@ class Trainer(TrainerBase):
         self._stream: BatchStream | None = None  # over the configured dataset, kept across fit() calls
         self._stream_state: dict[str, Any] | None = None  # from a checkpoint, applied to the next stream
         self._last_saved_step: int | None = None
+        self._saved_as: tuple[Path, int, int] | None = None  # (run folder, step, rows of history) of the last checkpoint
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{key}={self.config[key]['name']!r}" for key in ("divergence", "encoder", "decoder", "data"))
@@ -129,12 +130,19 @@ class Trainer(TrainerBase):
         """One algorithm step (``self.algorithm``, docs/design.md §1) on the data batch ``x``: discriminator
         update(s), then the encoder/decoder update.  Returns the detached loss terms."""
         saved = (self.run.path, self._last_saved_step) if self.run is not None and self._last_saved_step is not None else None
-        terms = self.algorithm.step(x, number=self.step + 1, saved=saved)
+        if self.dist.enabled:
+            with peers_reported(self.step + 1, saved, self.dist):
+                terms = self.algorithm.step(x, number=self.step + 1, saved=saved)
+        else:
+            terms = self.algorithm.step(x, number=self.step + 1, saved=saved)
         self.step += 1
         return terms
 
     # -- the loop ------------------------------------------------------------------------------
-    def fit(self, steps: int | None = None, data: Any = None, *, run_dir: str | os.PathLike | None = None, progress: bool | str | None = None) -> "Trainer":
+    def fit(
+        self, steps: int | None = None, data: Any = None, *, run_dir: str | os.PathLike | RunDirectory | None = None,
+        progress: bool | str | None = None,
+    ) -> "Trainer":
         """Train until ``self.step == steps`` (the run's total; default ``config['steps']``).
 
         ``data``: a ``Dataset``, ``DataLoader`` or image tensor ``[N, C, H, W]`` in [0, 1]; default
@@ -159,7 +167,7 @@ class Trainer(TrainerBase):
                 stack.enter_context(self.run.lock())  # type: ignore[union-attr]
             stop = stack.enter_context(StopSignals())
             if writes:
-                self.run.prepare(fresh=self.step == 0)  # type: ignore[union-attr]
+                self.run.prepare(fresh=self.step == 0, run_id=self.run_id)  # type: ignore[union-attr]
                 self.run.write_config(self.config, self.data_shape)  # type: ignore[union-attr]
                 stack.enter_context(self.loggers.opened(self.run.path, self.config, self.step, self.run_id))  # type: ignore[union-attr]
             warn_if_oversubscribed(torch.get_num_threads())
@@ -172,26 +180,34 @@ class Trainer(TrainerBase):
         self.log.start(self.step)
         try:
             while self.step < total:
+                if self.dist.enabled:  # travels with the step's gradients: every process agrees to stop at the same step
+                    self.algorithm.stop_requested = stop.received is not None
                 self.log.add(self.train_step(next(stream)))
                 shown.advance()
                 if log_every and (self.step % log_every == 0 or self.step == total):
                     shown.row(self._log_row())
                 if writes and sample_every and self.step % sample_every == 0:
                     self._save_grids_or_warn()
-                if writes and ckpt_every and self.step % ckpt_every == 0:
-                    self.save()
-                if stop.received is not None:
+                if ckpt_every and self.step % ckpt_every == 0 and self.run is not None:
+                    if writes:
+                        self.save()
+                    else:  # rank 0 saved this step (if its save fails it stops, and so does every peer)
+                        self._last_saved_step = self.step
+                if self.algorithm.agreed_stop if self.dist.enabled else stop.received is not None:
                     break
         finally:
             shown.close()
         if self.log.pending:
             self._log_row()
         if writes:
-            self.save()  # first: nothing after training may cost the model
+            self._save_unless_saved()  # first: nothing after training may cost the model
             self._save_grids_or_warn()
-        if stop.received is not None:
+        stopped = self.algorithm.agreed_stop if self.dist.enabled else stop.received is not None
+        if stopped:
+            signum = stop.received if stop.received is not None else signal.SIGTERM
+            why = signal.Signals(signum).name if stop.received is not None else "another process received a stop signal"
             where = f"; checkpoint saved to {self.run_dir} (resume with `asvae-kit train --resume --out {self.run_dir}`)" if writes else ""
-            raise TrainingStopped(stop.received, f"{signal.Signals(stop.received).name}: training stopped after step {self.step}{where}")
+            raise TrainingStopped(signum, f"{why}: training stopped after step {self.step}{where}")
 
     def _save_grids_or_warn(self) -> None:
         try:
@@ -232,7 +248,12 @@ class Trainer(TrainerBase):
         return evaluate(self, metrics, split, data)
 
     # -- persistence ---------------------------------------------------------------------------
-    def _use_run_dir(self, run_dir: str | os.PathLike) -> RunDirectory:
+    def _use_run_dir(self, run_dir: str | os.PathLike | RunDirectory) -> RunDirectory:
+        """Write to ``run_dir`` from now on (a ``RunDirectory`` is used as given: ``train`` passes the
+        one it claimed, with its ``overwrite``)."""
+        if isinstance(run_dir, RunDirectory):
+            self.run = run_dir
+            return run_dir
         if self.run is None or Path(run_dir) != self.run.path:
             self.run = RunDirectory(run_dir)
         return self.run
@@ -278,8 +299,15 @@ class Trainer(TrainerBase):
         if self.dist.is_main:  # only rank 0 writes; the replicas are identical
             run.write_config(self.config, self.data_shape)  # type: ignore[union-attr]
             run.save_checkpoint(step=self.step, run_id=self.run_id, tensors=self.state_tensors(), state=self.state_dict(), keep=self.config["keep_checkpoints"])  # type: ignore[union-attr]
-            self._last_saved_step = self.step
+            self._last_saved_step, self._saved_as = self.step, (run.path, self.step, len(self.history))  # type: ignore[union-attr]
         return run.path  # type: ignore[union-attr]
+
+    def _save_unless_saved(self) -> None:
+        """The save at the end of ``fit``, unless the checkpoint of this step already holds this
+        state (it was just taken, no row logged since): one checkpoint per step, not ``step-N`` and
+        a copy ``step-N.1``.  (``config.json`` was written when ``fit`` began.)"""
+        if self.run is None or self._saved_as != (self.run.path, self.step, len(self.history)):
+            self.save()
 
     def load_state(self, run_dir: str | os.PathLike) -> None:
         """Load the newest checkpoint written by ``save`` (weights, and the state when present)."""
@@ -297,6 +325,7 @@ class Trainer(TrainerBase):
         if state is not None:
             self.load_state_dict(state)
         self.run = run
+        self._saved_as = (run.path, self.step, len(self.history)) if state is not None else None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` saved (a checkpoint's ``trainer_state.pt``)."""
