@@ -36,3 +36,17 @@ def test_kernel_report_gives_wall_time_and_the_memory_floor(tmp_path):
     assert [row["impl"] for row in report["rows"]] == ["torch", "eager"]  # triton is GPU-only here
     assert all(row["wall_ms"] > 0 and row["floor_ms"] > 0 for row in report["rows"])
     assert report["copy_bandwidth_gb_s"] > 0 and "torch_N96_D32_wall_speedup_over_eager" in report["summary"]
+
+
+def test_allreduce_share_times_the_two_process_step(tmp_path):
+    import os
+
+    out = tmp_path / "share.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(BENCH / "allreduce_share.py"),
+           "--steps", "2", "--warmup", "1", "--batch", "4", "--size", "8", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["processes"] == 2 and report["steps"] == 2 and 0 < report["allreduce_share_median"] < 1
