@@ -9,7 +9,6 @@ which only runs them.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -26,7 +25,7 @@ from .errors import CheckpointError, ConfigError
 from .guard import DivergenceGuard
 from .optimizers import make_optimizers, set_learning_rates
 from .plugin_manager import get_registry
-from .rundir import CONFIG_FILE
+from .rundir import CONFIG_FILE, is_asvae_config, read_config
 from .schema import legacy_defaults, load_overrides
 from .splits import ConfiguredData
 from .step_graph import GraphCaptureWarning, StepGraph, capture_blocker
@@ -125,16 +124,14 @@ def load(run_dir: str | os.PathLike, /, **overrides: Any) -> Trainer:
     dataset's file options (``"data.data_dir"``...), validated like ``build``'s.  A run saved on a GPU loads on a CPU-only machine (with a warning).
     """
     run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointError(f"{config_path} not found; pass a run directory written by `asvae-kit train` or Trainer.save()")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_path} is not valid JSON ({exc})") from None
-    if isinstance(config, dict):  # keys a run saved before they existed lacks (``Key.legacy``: holdout, val_fraction, val_max)
-        for key, value in legacy_defaults().items():
-            config.setdefault(key, value)
+    config = read_config(run_dir)  # a JSON object, or one line naming config.json and the fix
+    if not is_asvae_config(config):
+        raise CheckpointError(
+            f"{run_dir / CONFIG_FILE} is not a config asvae-kit wrote (it lacks the encoder, decoder, divergence and latent_dim "
+            "of one); pass the folder of an asvae-kit run"
+        )
+    for key, value in legacy_defaults().items():  # keys a run saved before they existed lacks (``Key.legacy``)
+        config.setdefault(key, value)
     for key in overrides:
         if key not in LOAD_OVERRIDES and not key.startswith("data."):
             allowed = ", ".join(LOAD_OVERRIDES)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from ._version import __version__
 from .errors import AsvaeKitError
 from .names import did_you_mean
+from .schema import KEYS as SCHEMA_KEYS
 from .schema import SCHEMA, Bool, Choice, Int, Key, Number, Specs
 from .splits import SPLITS
 
@@ -100,6 +101,8 @@ def _add_key_flag(parser: argparse.ArgumentParser, key: Key) -> None:
     options: dict[str, Any] = {"dest": _flag_dest(key), "help": f"{key.help} (config {key.name})"}
     if isinstance(check, Bool):
         options.update(action="store_const", const=True)
+    elif isinstance(check, Choice) and check.nullable and len(check.choices) == 1:  # a switch setting its one value
+        options.update(action="store_const", const=check.choices[0])
     elif isinstance(check, Choice):
         options["choices"] = check.choices
     elif isinstance(check, Int):
@@ -136,7 +139,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="download the dataset's published files if missing")
     p.add_argument("--set", dest="sets", type=_set_pair, action="append", default=[], metavar="KEY=VALUE", help="any config key, dotted for nested ones (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps (--lr may change the learning rate)")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out that holds no run")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out that holds no asvae-kit run")
     p.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action="store_true",
                    help="no progress (a bar on a terminal, else a line per --log-every steps)")
     p.add_argument("--out", help="run directory to write (required unless --print-config)")
@@ -197,8 +200,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .builder import DEFAULT_PRESET, build, load
+    from .builder import DEFAULT_PRESET, build_from_config, load
     from .config import load_config_file, resolve_config
+    from .rundir import RunDirectory, has_checkpoint
 
     if args.out is None and not args.print_config:
         raise CommandError("train needs --out DIR, the run directory to write (or --print-config to only show the config)")
@@ -216,53 +220,149 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides["data.download"] = True
     overrides.update(dict(args.sets))
     preset = args.preset or file_preset or DEFAULT_PRESET
+    if_exists = _resume_if_exists(file_config, overrides)
+    if args.resume and if_exists:
+        raise CommandError(
+            "--resume continues a run that must exist and --resume-if-exists (config resume: if-exists) one that may not; pass one of them"
+        )
+    if args.resume and (args.preset or args.data or args.config):
+        raise CommandError("--resume continues the run as it was configured; drop --preset/--data/--config")
+    resume_overrides = {k: v for k, v in overrides.items() if k != "resume"}  # load() keeps the run's own
     if args.print_config:  # a resumed run's config is its own, with the overrides load() allows
-        config = load(out, **overrides).config if args.resume and out else resolve_config(preset, {**file_config, **overrides})
+        if out is not None and (args.resume or (if_exists and has_checkpoint(out))):
+            fresh = resolve_config(preset, {**file_config, **overrides}) if if_exists else None
+            config = load(out, **(resume_overrides if fresh is None else _resume_overrides(out, fresh))).config
+        else:
+            config = resolve_config(preset, {**file_config, **overrides})
         print(json.dumps(config, indent=2, sort_keys=True))
         return 0
     assert out is not None
 
-    from .rundir import has_checkpoint
-
-    existing = has_checkpoint(out)
-    if existing and not args.resume:
-        raise CommandError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    if args.resume:
-        if not existing:
-            raise CommandError(f"--resume given, but {out} holds no run to continue")
-        if args.preset or args.data or args.config:
-            raise CommandError("--resume continues the run as it was configured; drop --preset/--data/--config")
-        trainer = load(out, **overrides)
-        if trainer.step >= trainer.config["steps"]:
-            raise CommandError(
-                f"{out} has already finished: it is at step {trainer.step} of {trainer.config['steps']}; "
-                f"pass --steps N with N > {trainer.step} to train it further"
-            )
-        what = f"resuming {out}"
-    else:
-        from .rundir import check_output_dir
-
-        check_output_dir(out, overwrite=args.overwrite)
+    mode = "resume" if args.resume else "if-exists" if if_exists else "new"
+    fresh = None
+    if mode != "resume":  # config errors surface before the folder is touched
         _check_data_dir_applies(args, preset, file_config)
-        trainer = build(preset, **{**file_config, **overrides})
-        what = f"training {preset}" + (f" with {args.config}" if args.config else "")
-    total = trainer.config["steps"]
-    say = trainer.dist.is_main  # under torchrun only rank 0 reports
-    if trainer.dist.enabled:
-        what += f" on {trainer.dist.world_size} processes"
-    if say:
-        print(
-            f"{what} on {trainer.config['data']['name']} {tuple(trainer.data_shape)} for {total} steps "
-            f"(from step {trainer.step}) on {trainer.device}; writing {out}",
-            file=sys.stderr,
-        )
-    trainer.fit(total, run_dir=out, progress=False if args.quiet else None)
+        fresh = resolve_config(preset, {**file_config, **overrides})
+    run = RunDirectory(out, overwrite=args.overwrite)
+    # the folder is checked while its lock is held (rank 0; the other ranks only read it), so a
+    # second train started while a first one finishes is refused, never decides on a stale view
+    with run.claimed(mode, writer=_writes_run_dir()) as resumes:
+        if resumes:
+            trainer = load(out, **(resume_overrides if fresh is None else _resume_overrides(out, fresh)))
+            what = f"resuming {out}"
+        else:
+            trainer = build_from_config(fresh)  # type: ignore[arg-type]
+            what = f"training {preset}" + (f" with {args.config}" if args.config else "")
+        _check_processes_agree(trainer, out)
+        total = trainer.config["steps"]
+        say = trainer.dist.is_main  # under torchrun only rank 0 reports
+        if resumes and trainer.step >= total:
+            if mode == "resume":
+                raise CommandError(
+                    f"{out} has already finished: it is at step {trainer.step} of {total}; "
+                    f"pass --steps N with N > {trainer.step} to train it further"
+                )
+            if say:  # --resume-if-exists on a finished run: the requeued command has nothing left to do
+                print(f"{out} is already at step {trainer.step} of {total}: nothing to do", file=sys.stderr)
+                _print_run_files(out)
+            return 0
+        if trainer.dist.enabled:
+            what += f" on {trainer.dist.world_size} processes"
+        if say:
+            print(
+                f"{what} on {trainer.config['data']['name']} {tuple(trainer.data_shape)} for {total} steps "
+                f"(from step {trainer.step}) on {trainer.device}; writing {out}",
+                file=sys.stderr,
+            )
+        trainer.fit(total, run_dir=run, progress=False if args.quiet else None)
     if say:
         last = trainer.history[-1] if trainer.history else {}
         summary = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("step", "time_s", "steps_per_s"))
         print(f"done: step {trainer.step}; {summary}", file=sys.stderr)
-        print(f"samples: {out / 'samples.png'}\nreconstructions: {out / 'reconstructions.png'}\nmetrics: {out / 'metrics.csv'}")
+        _print_run_files(out)
     return 0
+
+
+def _print_run_files(out: Path) -> None:
+    print(f"samples: {out / 'samples.png'}\nreconstructions: {out / 'reconstructions.png'}\nmetrics: {out / 'metrics.csv'}")
+
+
+def _resume_if_exists(file_config: dict[str, Any], overrides: dict[str, Any]) -> bool:
+    """Whether config ``resume`` (``--resume-if-exists``, ``--set resume=...`` or the config file)
+    is ``if-exists``; checked by the schema, so a bad value is the usual one-line ConfigError."""
+    key = SCHEMA_KEYS["resume"]
+    value = overrides.get("resume", file_config.get("resume"))
+    return key.check(value, key.what) == "if-exists"
+
+
+def _writes_run_dir() -> bool:
+    """Whether this process writes the run directory: the only one, or rank 0 of a torchrun launch
+    (read from torchrun's variables, as ``context_from_env`` reads them, before the group exists)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return world_size <= 1 or int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def _check_processes_agree(trainer: Any, out: Path) -> None:
+    """Under torchrun each process decided alone, from the folder, whether to resume and from which
+    step: one all-reduce makes sure they all found the same (a folder not shared between nodes, or
+    written to meanwhile, would have them train apart)."""
+    if not trainer.dist.enabled:
+        return
+    import torch
+    import torch.distributed as dist
+
+    from .errors import RunDirectoryError
+
+    steps = torch.tensor([trainer.step, -trainer.step], dtype=torch.int64, device=trainer.device)
+    dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+    high, low = int(steps[0]), -int(steps[1])
+    if high != low:
+        raise RunDirectoryError(
+            f"the {trainer.dist.world_size} processes found different runs in {out} (at steps {low} to {high}); --out must be "
+            "one folder that every process sees (a shared file system) and that nothing else writes to"
+        )
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``config`` with nested mappings as dotted keys (``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _resume_overrides(out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
+    """For ``--resume-if-exists`` on a run with a checkpoint: the ``load`` overrides that take the run
+    on as this command line (resolved to ``fresh``) asks -- its values of the keys ``load`` may
+    change (``steps``, ``optim.lr``, ``data.*`` options...) where they differ from the run's.  Any
+    other difference means the command is not the one that started the run: ``CommandError``."""
+    from .builder import LOAD_OVERRIDES
+    from .rundir import read_config
+
+    missing = object()
+    now, then = _flat(fresh), _flat(read_config(out))
+    overrides: dict[str, Any] = {}
+    changed = []
+    for key in sorted(set(now) | set(then)):
+        new, old = now.get(key, missing), then.get(key, missing)
+        if key == "resume" or json.dumps(new, sort_keys=True, default=str) == json.dumps(old, sort_keys=True, default=str):
+            continue
+        if key in LOAD_OVERRIDES or (key.startswith("data.") and key != "data.name"):
+            if new is not missing:
+                overrides[key] = new
+        elif not (key == "data_shape" and new is None) and old is not missing:  # a key the run predates is not a change
+            changed.append(key)
+    if changed:
+        shown = ", ".join(changed[:8]) + (", ..." if len(changed) > 8 else "")
+        raise CommandError(
+            f"{out} holds a run configured differently from this command ({shown}); --resume-if-exists continues a run "
+            "only with the command that started it: run that command, or choose another --out"
+        )
+    return overrides
 
 
 def _check_data_dir_applies(args: argparse.Namespace, preset: str, file_config: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ did-you-mean; component keys are checked against the options the registry read f
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import re
@@ -23,12 +24,12 @@ from .checks import check_choice
 from .errors import ConfigError
 from .names import article
 from .plugin_manager import get_registry
-from .registry import check_config_keys, check_metric_options
+from .registry import ComponentEntry, check_config_keys, check_metric_options
 from .schema import COMPONENT_KINDS, GROUPS, PRECISION_NAMES, SCHEDULES, SCHEMA, check_group, check_known, defaults
 
 __all__ = [
     "COMPONENT_KINDS", "DEFAULTS", "OPTIM_DEFAULTS", "PRECISION_NAMES", "SCHEDULES", "resolve_config", "apply_overrides", "parse_value",
-    "parse_spec", "parse_metric", "validate_config", "load_config_file",
+    "parse_spec", "parse_metric", "check_metric_spec", "validate_config", "load_config_file",
 ]
 
 #: Every key with its default (``asvae_kit.schema``; component entries are usually the preset's).
@@ -123,6 +124,26 @@ def parse_metric(spec: str | Mapping[str, Any]) -> dict[str, Any]:
     return parse_spec(spec, "metric")
 
 
+def check_metric_spec(
+    spec: str | Mapping[str, Any], *, data_shape: Any = None, latent_dim: int | None = None
+) -> tuple[str, ComponentEntry, dict[str, Any]]:
+    """``(name, registry entry, options)`` of one metric in a list (``"nll:k=100"``), its name
+    and options checked: the one check, run when a config is validated and again by ``evaluate``.
+
+    The options are checked against the metric's signature (``registry.check_metric_options``),
+    then by the metric's own ``check_options(options, data_shape=..., latent_dim=...)`` when its
+    function has one: ``nll`` refuses a ``k`` whose importance weights cannot fit in memory here,
+    before any metric runs.  ``data_shape`` ``[C, H, W]`` and ``latent_dim`` are the model's, when
+    known (``None`` at config time for a shape read from the data)."""
+    entry = parse_metric(spec)
+    component = get_registry().get("metric", entry["name"])
+    options = check_metric_options(component, {k: v for k, v in entry.items() if k != "name"})
+    check = getattr(component.factory, "check_options", None)
+    if callable(check):
+        check(options, data_shape=tuple(data_shape) if data_shape is not None else None, latent_dim=latent_dim)
+    return entry["name"], component, options
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Check a complete config (every key of ``asvae_kit.schema``) and its component entries;
     return it, its values normalised (raises ``ConfigError``)."""
@@ -145,8 +166,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         entry["name"] = component.name  # aliases resolve to the registered name
         check_config_keys(component, {k: v for k, v in entry.items() if k != "name"}, allow_context=False)
     for spec in config["metrics"]:
-        entry = parse_metric(spec)
-        check_metric_options(registry.get("metric", entry["name"]), {k: v for k, v in entry.items() if k != "name"})
+        check_metric_spec(spec, data_shape=config["data_shape"], latent_dim=config["latent_dim"])
     seen: set[str] = set()
     for i, spec in enumerate(config["loggers"]):
         entry = parse_spec(spec, "logger")
@@ -167,31 +187,112 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 CONFIG_FILE_FORMATS = (".json", ".yaml", ".yml", ".toml")
 
 
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+#: The largest config file read: a config is a few KB (a run's ``config.json`` about 2 KB); a
+#: bigger file is a mistake (a data file passed as ``--config``) and is refused before it is read.
+MAX_CONFIG_FILE_BYTES = 4 << 20
+#: The most values a YAML config may expand to through its aliases (``*name``) beyond the values
+#: written in it: aliases may repeat a mapping, but a few hundred bytes of nested aliases ("billion
+#: laughs") would otherwise expand to billions of values, minutes and gigabytes.
+MAX_YAML_EXPANDED_VALUES = 100_000
+
+#: Numbers that YAML 1.1 (PyYAML) leaves as strings but everyone means as numbers: an exponent
+#: without a dot or without a sign (``1e-4``, ``2.5e3``).  Only plain (unquoted) scalars are
+#: resolved by it, so ``"1e-4"`` in quotes stays the string it says it is.
+_YAML_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 
 
-def _yaml_numbers(value: Any) -> Any:
-    """YAML 1.1 (PyYAML) reads ``1e-4`` as a string; read it as the number everyone means."""
-    if isinstance(value, dict):
-        return {k: _yaml_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_yaml_numbers(v) for v in value]
-    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-        return float(value)
-    return value
+class _YamlTooBig(Exception):
+    """Raised by the config YAML loader when aliases expand past ``MAX_YAML_EXPANDED_VALUES``."""
+
+
+def _expanded_size(node: Any) -> tuple[int, int]:
+    """(values ``node`` expands to with every alias copied out, distinct nodes in it).
+
+    Linear in the composed graph: a node an alias shares is sized once and its size reused, so a
+    billion-laughs document is measured in microseconds without building any of it.  A recursive
+    alias (``&a [*a]``) expands forever: ``_YamlTooBig``."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+
+    def size(n: Any) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in visiting:
+            raise _YamlTooBig("an alias refers to a node that contains it (a recursive alias), which expands forever")
+        visiting.add(key)
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            total += sum(size(child) for child in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in n.value)
+        visiting.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(node), len(sizes)
+
+
+@functools.lru_cache(maxsize=None)
+def _yaml_loader() -> type:
+    """PyYAML's ``SafeLoader`` (no Python objects) with two changes for config files: unquoted
+    ``1e-4`` is a number (``_YAML_FLOAT``), and a document whose aliases expand past
+    ``MAX_YAML_EXPANDED_VALUES`` values is refused after composing (which is linear in the
+    file's size) and before anything is constructed."""
+    import yaml
+
+    class ConfigLoader(yaml.SafeLoader):
+        def compose_document(self) -> Any:
+            node = super().compose_document()
+            if node is not None:
+                expanded, distinct = _expanded_size(node)
+                if expanded > max(MAX_YAML_EXPANDED_VALUES, distinct):
+                    raise _YamlTooBig(f"its aliases (*name) expand to {expanded} values, more than the {MAX_YAML_EXPANDED_VALUES} allowed")
+            return node
+
+    ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML_FLOAT, list("-+0123456789."))
+    return ConfigLoader
+
+
+def _read_config_text(path: Path) -> str:
+    """The text of the config file ``path``: at most ``MAX_CONFIG_FILE_BYTES``, UTF-8 (a BOM is
+    dropped); ``ConfigError`` naming the file otherwise."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_FILE_BYTES:
+            raise ConfigError(
+                f"config file {path} is {size} bytes, more than a config's limit of {MAX_CONFIG_FILE_BYTES}; "
+                "is it the right file? A config holds config keys (a run's config.json is about 2 KB)"
+            )
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or type(exc).__name__}); check its permissions") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """A config mapping from a JSON, YAML or TOML file (a run's ``config.json`` included).
 
     It may name a ``preset`` to start from; its other keys are config keys, applied over that
-    preset (``resolve_config``)."""
+    preset (``resolve_config``).  Hostile files are refused in one line naming the file, before
+    they cost time or memory: larger than ``MAX_CONFIG_FILE_BYTES``, not UTF-8, empty, not a
+    mapping, or YAML whose aliases expand past ``MAX_YAML_EXPANDED_VALUES`` values.  In YAML an
+    unquoted ``1e-4`` is a number and a quoted ``"32"`` a string."""
     path = Path(path)
     suffix = path.suffix.lower()
     check_choice(suffix, CONFIG_FILE_FORMATS, f"config file {path}: the extension")
     if not path.is_file():
         raise ConfigError(f"config file {path} not found" + (" (it is a directory; a run's config is RUN/config.json)" if path.is_dir() else ""))
-    text = path.read_text(encoding="utf-8")
+    text = _read_config_text(path)
+    if not text.strip():
+        raise ConfigError(f"config file {path} is empty; write config keys in it (e.g. steps: 500)")
     try:
         if suffix == ".json":
             data = json.loads(text)
@@ -206,13 +307,23 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
                 import yaml
             except ImportError:
                 raise ConfigError(f"config file {path}: reading YAML needs PyYAML: pip install pyyaml (or use JSON or TOML)") from None
-            data = _yaml_numbers(yaml.safe_load(text))
+            data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader)
     except ConfigError:
         raise
+    except _YamlTooBig as exc:
+        raise ConfigError(f"config file {path}: {exc}; write the values out instead of nesting aliases") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests its values too deeply to be a config; a config is a few levels deep") from None
     except Exception as exc:  # each parser has its own error type; all mean the same here
         raise ConfigError(f"config file {path} is not valid {suffix[1:].upper()}: {' '.join(str(exc).split())}") from None
+    if data is None:
+        raise ConfigError(f"config file {path} holds only comments; write config keys in it (e.g. steps: 500)")
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of config keys, got {type(data).__name__}")
+        kinds = {"list": "a list", "str": "a single string", "int": "a single number", "float": "a single number", "bool": "a single boolean"}
+        raise ConfigError(
+            f"config file {path} must hold a mapping of config keys at its top level (like steps: 500), "
+            f"got {kinds.get(type(data).__name__, type(data).__name__)}"
+        )
     return data
 
 

@@ -68,7 +68,17 @@ def context_from_env(device: str = "auto") -> DistContext:
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")
     if not dist.is_initialized():
         on_gpu = torch.cuda.is_available() and not str(device).startswith("cpu")
-        dist.init_process_group("nccl" if on_gpu else "gloo", timeout=timedelta(seconds=timeout_seconds()))
+        backend, timeout = "nccl" if on_gpu else "gloo", timedelta(seconds=timeout_seconds())
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if attempt is None:
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            # under torchrun: the group's keys go under this attempt's own prefix.  After an elastic
+            # restart (--max-restarts) the agent's store still holds the failed attempt's addresses,
+            # and a relaunched rank that read them would connect to a process that is gone
+            store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
+            store = dist.PrefixStore(f"asvae-kit/attempt-{attempt}", store)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
         # leave the group before the interpreter's teardown: gloo's threads, still running when a
         # process exits without this, end it with SIGABRT ("terminate called without an active
         # exception"), which torchrun reports as the run's failure
@@ -178,7 +188,9 @@ def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
 
 def seed_replica_noise(ctx: DistContext, seed: int, step: int) -> None:
     """Under data parallelism, give each replica its own noise stream (they share weights and data
-    order); a function of (seed, rank, step), so a resumed run reseeds consistently."""
+    order), reseeded from (seed, rank, step) before every step: a checkpoint holds rank 0's RNG
+    state only, so a resumed run draws what an unbroken one draws only because no step's noise
+    depends on the steps before it."""
     if ctx.enabled:
         torch.manual_seed((int(seed) * 7919 + ctx.rank) * 1_000_003 + step)
 
@@ -197,19 +209,22 @@ def _is_collective_failure(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def peers_reported(step: int, saved: tuple[Path, int] | None, ctx: DistContext) -> Iterator[None]:
+def peers_reported(step: int, saved: tuple[Path, int] | None, ctx: DistContext, run_dir: Path | None = None) -> Iterator[None]:
     """Around a step under data parallelism: a collective that fails because a peer left or
     stopped answering becomes a ``PeerLostError`` that says so (instead of the backend's own
-    message), with what is safe on disk."""
+    message), with what is safe on disk: ``saved`` (run directory, step) on rank 0, which
+    writes the checkpoints; another rank cannot know whether rank 0 finished its last one, so
+    it names only ``run_dir``."""
     try:
         yield
     except Exception as exc:
         if not _is_collective_failure(exc):
             raise
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        kept = (
-            f"the last checkpoint in {saved[0]} (step {saved[1]}) is intact" if saved is not None else "no checkpoint of this run was written"
-        )
+        if ctx.is_main:
+            kept = f"the last checkpoint in {saved[0]} (step {saved[1]}) is intact" if saved is not None else "no checkpoint of this run was written"
+        else:
+            kept = f"the newest checkpoint rank 0 completed in {run_dir} is intact" if run_dir is not None else "this process wrote nothing"
         raise PeerLostError(
             f"process {ctx.rank} of {ctx.world_size}: another process left or stopped answering during step {step}'s "
             f"all-reduce ({reason}); its own output says why. Training stopped here and {kept}; run the same command "

@@ -11,9 +11,10 @@ tensor ``[N, C, H, W]`` on the trainer's device.  A metric may also take, by key
 How a metric runs, so that its numbers can be trusted:
 
 - its options are checked before any metric runs (and when the config is validated), by
-  ``asvae_kit.registry.check_metric_options``, against the options the registry read from its
+  ``asvae_kit.config.check_metric_spec``: against the options the registry read from its
   signature when it registered (``entry.options``: its options, which of ``labels``/``split`` it
-  takes, its ``weights``);
+  takes, its ``weights``), then by its function's own ``check_options`` when it has one (``nll``
+  refuses a ``k`` whose importance weights cannot fit in memory);
 - under ``torch.no_grad``, with every network in eval mode, each module's mode restored after;
 - under its own forked RNG (CPU, and the trainer's CUDA device when it has one), seeded with its
   ``seed`` option (0 for a metric without one): the same run evaluates to the same numbers every
@@ -36,11 +37,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
 
 from .checks import is_int
-from .config import parse_metric
+from .config import check_metric_spec
 from .data import check_images, images_and_labels
-from .errors import AsvaeKitError
-from .plugin_manager import get_registry
-from .registry import ComponentEntry, check_metric_options
+from .errors import AsvaeKitError, ConfigError
+from .registry import ComponentEntry
 from .splits import check_split
 
 __all__ = ["MetricNotApplicable", "Evaluation", "evaluate", "seeded"]
@@ -112,13 +112,14 @@ def evaluate(
     check_split(split)
     explicit = metrics is not None
     specs = trainer.config["metrics"] if metrics is None else ([metrics] if isinstance(metrics, (str, Mapping)) else list(metrics))
-    registry = get_registry()
-    runs = []
-    for spec in specs:  # every name and option is checked before any metric runs
-        entry = parse_metric(spec)
-        component = registry.get("metric", entry["name"])
-        options = check_metric_options(component, {k: v for k, v in entry.items() if k != "name"})
-        runs.append((entry["name"], component, options))
+    if explicit and not specs:
+        raise ConfigError(
+            "evaluate was given an empty list of metrics (e.g. --metrics ',,,'), so it would evaluate nothing; "
+            "name at least one, like --metrics recon,nll:k=100 (Python: metrics=['recon']), or leave it out for the run's own"
+        )
+    # every name and option is checked before any metric runs (and before the data is read)
+    shape, latent = getattr(trainer, "data_shape", None), getattr(trainer, "latent_dim", None)
+    runs = [check_metric_spec(spec, data_shape=shape, latent_dim=latent) for spec in specs]
     if data is None:
         chosen = trainer.split_data(split)  # refuses val/test when training read other data (fit(data=...))
         source, dataset = chosen.source, chosen.dataset

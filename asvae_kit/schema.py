@@ -95,12 +95,17 @@ class Bool:
 
 @dataclass(frozen=True)
 class Choice:
-    """One of ``choices`` (after ``str()`` when ``as_str``: ``32`` and ``"32"`` alike)."""
+    """One of ``choices`` (after ``str()`` when ``as_str``: ``32`` and ``"32"`` alike; ``None`` too
+    when ``nullable``).  A nullable choice of one value is a switch: its ``train`` flag takes no
+    argument and sets that value (``--resume-if-exists``)."""
 
     choices: tuple[str, ...]
     as_str: bool = False
+    nullable: bool = False
 
     def __call__(self, value: Any, what: str) -> Any:
+        if value is None and self.nullable:
+            return None
         return check_choice(str(value) if self.as_str else value, self.choices, what)
 
 
@@ -250,6 +255,9 @@ SCHEMA: tuple[Key, ...] = (
                expected="0 (off) or a number > 1 (stop when a loss grows past that many times its running median)"),
         on_load=True),
     Key("keep_checkpoints", 2, "checkpoint folders kept", Int(1), on_load=True),
+    Key("resume", None, "if-exists: the same train command starts the run in --out, and resumes it from its newest checkpoint "
+                        "once it has one (after a kill, a preemption or a requeue); null: start only",
+        Choice(("if-exists",), nullable=True), flag="--resume-if-exists"),
     Key("loggers", ["csv"], "loggers, comma-separated on the command line: csv (the default), tensorboard, wandb (offline); "
                             "see `asvae-kit list logger`", Specs("logger"), flag="--logger", on_load=True),
     Key("ema", None, "decay in (0, 1) of an average of the encoder and decoder weights (null or 0: off)",

@@ -131,7 +131,10 @@ class Trainer(TrainerBase):
         update(s), then the encoder/decoder update.  Returns the detached loss terms."""
         saved = (self.run.path, self._last_saved_step) if self.run is not None and self._last_saved_step is not None else None
         if self.dist.enabled:
-            with peers_reported(self.step + 1, saved, self.dist):
+            # each replica's noise stream restarts from (seed, rank, step) every step: the
+            # checkpoint holds rank 0's RNG state only, and this is what makes a resume exact
+            seed_replica_noise(self.dist, self.config["seed"], self.step)
+            with peers_reported(self.step + 1, saved, self.dist, self.run.path if self.run is not None else None):
                 terms = self.algorithm.step(x, number=self.step + 1, saved=saved)
         else:
             terms = self.algorithm.step(x, number=self.step + 1, saved=saved)
@@ -146,8 +149,9 @@ class Trainer(TrainerBase):
         """Train until ``self.step == steps`` (the run's total; default ``config['steps']``).
 
         ``data``: a ``Dataset``, ``DataLoader`` or image tensor ``[N, C, H, W]`` in [0, 1]; default
-        the configured dataset.  ``run_dir``: where metrics, grids and checkpoints go (default the
-        directory this trainer was loaded from or last saved to; none means nothing is written).
+        the configured dataset.  ``run_dir``: where metrics, grids and checkpoints go, a path or a
+        ``RunDirectory`` (default the directory this trainer was loaded from or last saved to; none
+        means nothing is written).
         ``progress``: a tqdm bar on a terminal and one line per logged row elsewhere (``None``),
         ``True``/``"bar"``, ``"lines"``, or ``False``/``"off"``.
         """
@@ -334,7 +338,6 @@ class Trainer(TrainerBase):
         self.algorithm.load_state_dict(state)
         restore_rng(state.get("rng", {}), self.data_generator)
         self._stream, self._stream_state = None, state.get("data_stream")
-        seed_replica_noise(self.dist, self.config["seed"], self.step)  # the checkpoint holds rank 0's noise state
         self.log.history = list(state.get("history", []))
         self.trained_on_fit_data = bool(state.get("trained_on_fit_data", False))
         self._last_saved_step = self.step

@@ -9,13 +9,16 @@ into, and uses the weight average (``ema``) when there is one.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, ContextManager, Iterator
 
 import torch
 from torch import nn
 
 from .checks import check_int
+from .errors import ConfigError
 from .images import slerp
+from .memory import check_memory
 
 __all__ = ["TrainerBase", "NETWORKS"]
 
@@ -86,10 +89,27 @@ class TrainerBase:
         for _, module in self.networks():
             module.eval()
 
+    def _check_sample_memory(self, n: int, what: str, *, code_copies: int = 1) -> None:
+        """Refuse ``n`` samples whose codes and images cannot fit in memory (``ConfigError``, a
+        ``ValueError``, in one line with both figures): ``code_copies`` float32 ``[n, latent_dim]``
+        codes on the host and ``[n, C, H, W]`` images on the trainer's device, checked before
+        either is drawn (``asvae_kit.memory``), so ``asvae-kit sample -n 10000000`` fails at once
+        instead of in swap."""
+        codes = 4 * n * self.latent_dim * code_copies
+        images = 4 * n * math.prod(self.data_shape)
+        fix = "ask for fewer images (and write several files if you need more)"
+        if self.device.type == "cuda":
+            check_memory(codes, what, fix, error=ConfigError)
+            check_memory(images, what, fix, error=ConfigError, device=self.device)
+        else:
+            check_memory(codes + images, what, fix, error=ConfigError)
+
     @torch.no_grad()
     def sample(self, n: int, *, seed: int | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
-        """``n`` images ``[n, C, H, W]`` (the decoder's mean at z ~ p(z)); ``seed`` makes them repeatable."""
+        """``n`` images ``[n, C, H, W]`` (the decoder's mean at z ~ p(z)); ``seed`` makes them repeatable.
+        ``n`` whose codes and images cannot fit in memory is refused before any is drawn."""
         check_int(n, "sample(n): n", error=ValueError)
+        self._check_sample_memory(n, f"sample(n={n}) of {'x'.join(map(str, self.data_shape))} images", code_copies=int(z is None))
         with self.evaluating(), self.averaged():
             return self._decode(n, seed, z)
 
@@ -106,6 +126,8 @@ class TrainerBase:
         """``rows * steps`` images: each row decodes a spherical path between two prior draws."""
         check_int(rows, "interpolate(rows=...)", error=ValueError)
         check_int(steps, "interpolate(steps=...)", minimum=2, error=ValueError)
+        # the ends, slerp's temporaries and the path: about four code-sized tensors, then the images
+        self._check_sample_memory(rows * steps, f"interpolate(rows={rows}, steps={steps})", code_copies=4)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         ends = torch.randn(2, rows, self.latent_dim, generator=generator)
         return self.sample(rows * steps, z=slerp(ends[0], ends[1], steps))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import urllib.request
@@ -24,6 +25,7 @@ from asvae_kit.checks import check_choice, check_int
 from asvae_kit.data import ImageDataset
 from asvae_kit.errors import ConfigError, DataError
 from asvae_kit.fileio import atomic_path
+from asvae_kit.memory import check_memory
 
 __all__ = ["load_digits", "load_idx_dataset", "load_cifar10", "load_image_folder", "load_tensor_file", "IDX_FILES"]
 
@@ -246,16 +248,30 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        batch = _ArrayUnpickler(io.BufferedReader(f), encoding="bytes").load()  # type: ignore[arg-type]
+    """One CIFAR-10 python batch: uint8 images ``[N, 3, 32, 32]`` and their labels.  A file that
+    is not one (not a pickle, truncated, other keys or shapes) is a one-line ``DataError``."""
+    fix = "unpack cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) again"
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayUnpickler(io.BufferedReader(f), encoding="bytes").load()  # type: ignore[arg-type]
+    except DataError:
+        raise
+    except Exception as exc:  # pickle raises UnpicklingError, EOFError, ValueError, ... for a file that is not one
+        raise DataError(f"{path} is not a CIFAR-10 python batch ({type(exc).__name__}: {' '.join(str(exc).split())}); {fix}") from None
     if not isinstance(batch, dict):
-        raise DataError(f"{path} is not a CIFAR-10 python batch (got {type(batch).__name__})")
+        raise DataError(f"{path} is not a CIFAR-10 python batch (got {type(batch).__name__}); {fix}")
     data = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
     if data is None or labels is None:
-        raise DataError(f"{path} is not a CIFAR-10 python batch (keys {list(batch)})")
-    data = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return data, np.asarray(labels, dtype=np.int64)
+        raise DataError(f"{path} is not a CIFAR-10 python batch (keys {list(batch)}); {fix}")
+    try:
+        data = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path} is not a CIFAR-10 python batch (its data is not 3x32x32 images: {' '.join(str(exc).split())}); {fix}") from None
+    if len(labels) != len(data):
+        raise DataError(f"{path}: {len(data)} images but {len(labels)} labels; {fix}")
+    return data, labels
 
 
 def load_cifar10(data_dir: str | None = None, split: str = "train", limit: int | None = None) -> ImageDataset:
@@ -285,13 +301,59 @@ def load_cifar10(data_dir: str | None = None, split: str = "train", limit: int |
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def _read_image(path: Path, channels: int | None, size: int | None) -> np.ndarray:
-    """One image as uint8 ``[H, W]`` (grey) or ``[H, W, 3]``; ``channels`` None: from its mode."""
+#: Pillow modes read as grey when ``channels`` is not given; every other mode is read as RGB.
+GREY_MODES = ("1", "L", "I", "I;16", "F")
+#: Decoding one image at a time is checked against available memory above this many bytes
+#: (smaller ones, the usual data set, skip the check and its read of /proc/meminfo).
+_CHECK_DECODE_ABOVE = 64 << 20
+#: Bytes per value of a data set from decoded images at its peak: the uint8 images, their stacked
+#: copy and the float32 tensor.
+_FOLDER_BYTES_PER_VALUE = 1 + 1 + 4
+
+
+def _open_image(path: Path) -> Any:
+    """``PIL.Image.open(path)``: lazy, it reads only the header (size and mode), so an image's
+    decoded size is known before decoding it.  Pillow's decompression-bomb refusal (an image
+    over twice ``Image.MAX_IMAGE_PIXELS``) becomes a ``DataError`` naming the file."""
     from PIL import Image
 
-    with Image.open(path) as im:
+    try:
+        return Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise DataError(
+            f"dataset 'image-folder': {path} is too large to decode ({' '.join(str(exc).split())}); shrink it or remove it from the folder"
+        ) from None
+
+
+def _decode_bytes(width: int, height: int, channels: int, size: int | None) -> int:
+    """Bytes decoding one ``width`` x ``height`` image takes at its peak: Pillow's own pixels (up
+    to 4 bytes each), the converted copy (4 bytes a pixel for RGB, 1 for grey), the numpy array
+    and the resized image when ``size`` is given."""
+    out = size * size * channels if size is not None else 0
+    return width * height * (4 + (1 if channels == 1 else 4) + channels) + 2 * out
+
+
+def _read_image(path: Path, channels: int | None, size: int | None, first: tuple[Path, int, int] | None = None) -> np.ndarray:
+    """One image as uint8 ``[H, W]`` (grey) or ``[H, W, 3]``; ``channels`` None: from its mode.
+    Read from its header before it is decoded: without ``size``, its size must be that of
+    ``first`` (path, width, height) when given, and a large image must fit in available memory."""
+    from PIL import Image
+
+    with _open_image(path) as im:
         if channels is None:
-            channels = 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
+            channels = 1 if im.mode in GREY_MODES else 3
+        width, height = im.size
+        if size is None and first is not None and (width, height) != first[1:]:
+            raise DataError(
+                f"dataset 'image-folder': {path} is {width}x{height} but {first[0]} is {first[1]}x{first[2]}; pass size=N to resize them all"
+            )
+        needed = _decode_bytes(width, height, channels, size)
+        if needed > _CHECK_DECODE_ABOVE:
+            check_memory(
+                needed,
+                f"dataset 'image-folder': decoding {path} ({width}x{height} pixels)",
+                "shrink the image or remove it from the folder",
+            )
         im = im.convert("L" if channels == 1 else "RGB")
         if size is not None and im.size != (size, size):
             im = im.resize((size, size), Image.BILINEAR)
@@ -300,12 +362,16 @@ def _read_image(path: Path, channels: int | None, size: int | None) -> np.ndarra
 
 def load_image_folder(path: str | None = None, size: int | None = None, channels: int | None = None, limit: int | None = None) -> ImageDataset:
     """Every PNG/JPEG under ``path`` (recursively), as grey (channels=1) or RGB (channels=3),
-    resized to ``size`` x ``size`` when given (else all images must share one size)."""
+    resized to ``size`` x ``size`` when given (else all images must share one size).
+
+    Before any image is decoded, the data set's size (``files x channels x H x W``, H and W from
+    ``size`` or the first image's header) is checked against available memory, and each large
+    image's decoded size against it again before decoding it (``asvae_kit.memory``)."""
     if path is None:
         raise ConfigError("dataset 'image-folder' needs path=DIR (command line: --set data.path=DIR)")
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise DataError(f"dataset 'image-folder': {root} is not a directory")
+        raise DataError(f"dataset 'image-folder': {root} is not a directory; point data.path at a folder of PNG/JPEG files")
     if channels not in (None, 1, 3):
         raise ConfigError(f"dataset 'image-folder': channels must be 1, 3 or null (from the first image), got {channels!r}")
     if size is not None:
@@ -316,12 +382,28 @@ def load_image_folder(path: str | None = None, size: int | None = None, channels
         raise DataError(f"dataset 'image-folder': no {'/'.join(IMAGE_SUFFIXES)} files under {root}")
     if limit is not None:
         files = files[:limit]
+    try:
+        with _open_image(files[0]) as first:
+            first_channels = 1 if first.mode in GREY_MODES else 3
+            width, height = (size, size) if size is not None else first.size
+    except DataError:
+        raise
+    except (OSError, ValueError) as exc:  # Pillow's UnidentifiedImageError is an OSError
+        raise DataError(f"dataset 'image-folder': {files[0]} cannot be read as an image ({' '.join(str(exc).split())}); fix or remove that file") from None
+    c = channels or first_channels
+    check_memory(
+        len(files) * c * height * width * _FOLDER_BYTES_PER_VALUE,
+        f"dataset 'image-folder': {len(files)} image{'s' if len(files) != 1 else ''} of {c}x{height}x{width}",
+        "pass a smaller size=N (command line: --set data.size=N) or limit=N to read fewer images",
+    )
     arrays = []
     for f in files:
         try:
-            arr = _read_image(f, channels, size)
+            arr = _read_image(f, channels, size, None if size is not None else (files[0], width, height))
         except (OSError, ValueError) as exc:  # Pillow's UnidentifiedImageError is an OSError
-            raise DataError(f"dataset 'image-folder': {f} cannot be read as an image ({exc}); fix or remove that file") from None
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"dataset 'image-folder': {f} cannot be read as an image ({' '.join(str(exc).split())}); fix or remove that file") from None
         channels = channels or (1 if arr.ndim == 2 else 3)
         if arrays and arr.shape != arrays[0].shape:
             raise DataError(
@@ -330,6 +412,7 @@ def load_image_folder(path: str | None = None, size: int | None = None, channels
             )
         arrays.append(arr)
     stacked = np.stack(arrays)
+    del arrays
     if stacked.ndim == 3:
         stacked = stacked[:, None]
     else:
@@ -337,48 +420,123 @@ def load_image_folder(path: str | None = None, size: int | None = None, channels
     return ImageDataset(torch.from_numpy(stacked.astype(np.float32) / 255.0), name=f"image-folder:{root.name}")
 
 
+#: Bytes per value the ``tensor`` data set allocates besides the file's own: the float32 images and
+#: one more float32 copy (a transposed layout made contiguous, or the division of uint8 by 255).
+_TENSOR_BYTES_PER_VALUE = 8
+
+
+def _tensor_fail(p: Path, problem: str, fix: str) -> DataError:
+    return DataError(f"dataset 'tensor': {p} {problem}; {fix}")
+
+
+def _load_npy(p: Path, limit: int | None) -> torch.Tensor:
+    """A ``.npy`` file's images: its header (shape, dtype) is read and checked first: a plain
+    numeric dtype, data as long as the header says, the images (the first ``limit`` of them)
+    within available memory; only then is it read, memory-mapped, so ``limit`` reads only those."""
+    save = "write it with numpy.save(path, images) (uint8, or float in [0, 1]; no pickled objects)"
+    try:
+        with open(p, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if reader is None:
+                shape, dtype = None, None  # a newer header version: numpy.load reads it
+            else:
+                shape, _, dtype = reader(f)
+                offset = f.tell()
+    except (ValueError, OSError, EOFError) as exc:
+        raise _tensor_fail(p, f"is not a readable .npy array ({' '.join(str(exc).split()) or type(exc).__name__})", save) from None
+    if dtype is not None:
+        if dtype.fields is not None or dtype.hasobject or dtype.kind not in "buifc":
+            raise _tensor_fail(p, f"holds a {'structured' if dtype.fields else 'non-numeric'} array (dtype {dtype.descr if dtype.fields else dtype})", save)
+        count = math.prod(shape)
+        if offset + count * dtype.itemsize > p.stat().st_size:
+            raise _tensor_fail(p, f"is truncated: its header says {list(shape)} {dtype} ({count * dtype.itemsize} bytes), the file holds less", save)
+        rows = min(shape[0], limit) if shape and limit is not None else (shape[0] if shape else 1)
+        per_row = math.prod(shape[1:]) if shape else 1
+        check_memory(
+            rows * per_row * (dtype.itemsize + _TENSOR_BYTES_PER_VALUE),
+            f"dataset 'tensor': {p} ({rows} images of {list(shape[1:])} {dtype})",
+            "pass limit=N (command line: --set data.limit=N) to read fewer images",
+        )
+    try:
+        array = np.load(p, mmap_mode="r" if dtype is not None and math.prod(shape) > 0 else None, allow_pickle=False)
+        if array.dtype.fields is not None or array.dtype.hasobject or array.dtype.kind not in "buifc":
+            raise _tensor_fail(p, f"holds a non-numeric array (dtype {array.dtype})", save)
+        if limit is not None and array.ndim > 0:
+            array = array[:limit]
+        # into memory (a copy: the memory map stays behind), in native byte order (torch reads no other)
+        array = np.array(array, dtype=array.dtype.newbyteorder("="), order="C", copy=True)
+        return torch.from_numpy(array)
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, TypeError) as exc:
+        raise _tensor_fail(p, f"is not a readable .npy array ({' '.join(str(exc).split()) or type(exc).__name__})", save) from None
+
+
+def _load_pt(p: Path) -> torch.Tensor:
+    """A ``.pt`` file's tensor (or a dict's ``images``/``x``), read with ``weights_only`` and
+    memory-mapped when the file allows it (so its size is checked before it is read)."""
+    save = "write it with torch.save(images, path) (a dense tensor, uint8 or float in [0, 1])"
+    try:
+        try:
+            t = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped: read it whole
+            t = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip and key errors for files that are not its own
+        raise _tensor_fail(p, f"is not a tensor file saved by torch.save ({type(exc).__name__}: {' '.join(str(exc).split())})", save) from None
+    if isinstance(t, dict):
+        t = t.get("images", t.get("x"))
+    if not isinstance(t, torch.Tensor):
+        raise _tensor_fail(p, f"must hold a tensor (or a dict with 'images'), got {type(t).__name__}", save)
+    if getattr(t, "is_nested", False):
+        raise _tensor_fail(p, "holds a nested tensor, not one dense tensor", "stack the images into one tensor [N, C, H, W] and torch.save it")
+    if t.is_quantized:
+        raise _tensor_fail(p, "holds a quantized tensor", "save images.dequantize() with torch.save(images, path)")
+    if t.layout != torch.strided:
+        raise _tensor_fail(p, f"holds a sparse tensor ({t.layout})", "save images.to_dense() with torch.save(images, path)")
+    return t
+
+
 def load_tensor_file(path: str | None = None, limit: int | None = None) -> ImageDataset:
     """Images from a ``.npy`` or ``.pt`` file: ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, H, W, C]``
-    (C of 1 or 3), float in [0, 1] or uint8 (divided by 255).  ``.pt`` is read with ``weights_only``."""
+    (C of 1 or 3), float in [0, 1] or uint8 (divided by 255).  ``.pt`` is read with ``weights_only``.
+
+    A file that is not plain numeric images (a structured or object ``.npy``, a sparse tensor, a
+    non-tensor) is a one-line ``DataError`` naming it; its size is checked against available
+    memory before the images are converted (for ``.npy``, before anything is read)."""
     if path is None:
         raise ConfigError("dataset 'tensor' needs path=FILE.npy|FILE.pt (command line: --set data.path=FILE)")
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise DataError(f"dataset 'tensor': {p} is a directory; point data.path at a .npy or .pt file (for a folder of images use the 'image-folder' data set)")
     if not p.is_file():
         raise DataError(f"dataset 'tensor': {p} does not exist")
     limit = _check_limit(limit, "tensor")
     if p.suffix == ".npy":
-        try:
-            t = torch.from_numpy(np.load(p, allow_pickle=False))
-        except (ValueError, OSError, EOFError) as exc:
-            raise DataError(
-                f"dataset 'tensor': {p} is not a readable .npy array ({' '.join(str(exc).split()) or type(exc).__name__}); "
-                "write it with numpy.save(path, images) (no pickled objects)"
-            ) from None
+        t = _load_npy(p, limit)
     elif p.suffix == ".pt":
-        try:
-            t = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises pickle, zip and key errors for files that are not its own
-            raise DataError(
-                f"dataset 'tensor': {p} is not a tensor file saved by torch.save ({type(exc).__name__}: "
-                f"{' '.join(str(exc).split())}); write it with torch.save(images, path)"
-            ) from None
-        if isinstance(t, dict):
-            t = t.get("images", t.get("x"))
-        if not isinstance(t, torch.Tensor):
-            raise DataError(f"dataset 'tensor': {p} must hold a tensor (or a dict with 'images'), got {type(t).__name__}")
+        t = _load_pt(p)
     else:
         raise DataError(f"dataset 'tensor': {p} must end in .npy or .pt")
+    if limit is not None and t.dim() > 0:
+        t = t[:limit]
+    if t.dtype != torch.uint8 and not t.is_floating_point():
+        raise DataError(f"dataset 'tensor': {p} holds {t.dtype}; use float in [0, 1] or uint8")
+    check_memory(
+        t.numel() * _TENSOR_BYTES_PER_VALUE,
+        f"dataset 'tensor': {p} ({list(t.shape)} {t.dtype})",
+        "pass limit=N (command line: --set data.limit=N) to read fewer images",
+    )
     if t.dim() == 3:
         t = t.unsqueeze(1)
     elif t.dim() == 4 and t.shape[1] not in (1, 3) and t.shape[-1] in (1, 3):
         t = t.permute(0, 3, 1, 2)
+    # a float32 copy in memory (never the file's memory map), divided in place when it was uint8
+    images = t.to(torch.float32, copy=True)
     if t.dtype == torch.uint8:
-        t = t.float() / 255.0
-    elif not t.is_floating_point():
-        raise DataError(f"dataset 'tensor': {p} holds {t.dtype}; use float in [0, 1] or uint8")
-    if limit is not None:
-        t = t[:limit]
-    return ImageDataset(t.contiguous().float(), name=f"tensor:{p.name}")
+        images.div_(255.0)
+    del t
+    return ImageDataset(images.contiguous(), name=f"tensor:{p.name}")
 
 
 #: name -> (factory, description), in the order ``asvae-kit list`` shows them.

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 
 import asvae_kit
 from asvae_kit.checks import check_int
+from asvae_kit.errors import ConfigError
+from asvae_kit.memory import check_memory
 from asvae_kit.plugins.classifier import classifier_features, frechet_distance, project_classifier
 from asvae_kit.data import images_and_labels
 from asvae_kit.distributions import GaussianPosterior, standard_normal_log_prob
@@ -84,6 +86,47 @@ def _repeat_posterior(trainer, x: torch.Tensor, posterior, k: int):
     return trainer.encoder(x.repeat(k, *([1] * (x.dim() - 1))))
 
 
+def _count(value: object, what: str) -> int:
+    """A positive integer option; a whole float (``1e3`` from ``nll:k=1e3`` or YAML) counts as one."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return check_int(value, what)
+
+
+def _nll_passes(k: int, n_images: int, batch: int) -> tuple[int, int]:
+    """(images, samples of each) per decoder pass of ``nll``: about ``batch`` rows per pass."""
+    images_per_pass = max(1, min(batch // k, n_images))
+    return images_per_pass, min(k, max(1, batch // images_per_pass))
+
+
+def _nll_bytes(k: int, n_images: int, batch: int, data_shape: tuple[int, ...] | None = None, latent_dim: int | None = None) -> int:
+    """Bytes ``nll`` holds at its peak: the k log-weights of each pass's images in float64, four
+    times (the pieces, their concatenation, and the two temporaries of ``logsumexp``), plus one
+    pass's rows (repeated images, decoder outputs, codes: about four image-sized and six
+    code-sized float32 tensors).  An unknown shape counts as nothing: the estimate is then a
+    lower bound."""
+    images, samples = _nll_passes(k, n_images, batch)
+    pixels = math.prod(data_shape) if data_shape else 0
+    return 32 * k * images + images * samples * 4 * (4 * pixels + 6 * (latent_dim or 1))
+
+
+def check_nll_options(
+    options: dict, *, data_shape: tuple[int, ...] | None = None, latent_dim: int | None = None, n_images: int | None = None, device=None
+) -> None:
+    """Refuse ``nll`` options that are not positive integers, or whose passes cannot fit in memory
+    (``nll:k=1000000000`` needs about 30 GiB of importance weights per image), in one line with both
+    figures: when the config is validated and before ``evaluate`` runs any metric (its
+    ``check_options``), and again with the images' real count and shape when it runs."""
+    k, n, batch = (_count(options.get(key, default), f"metric 'nll': {key}") for key, default in (("k", 1000), ("n", 256), ("batch", 4096)))
+    check_memory(
+        _nll_bytes(k, min(n, n_images) if n_images is not None else n, batch, data_shape, latent_dim),
+        f"metric 'nll' with k={k}, n={n}, batch={batch}",
+        "lower k (the default is 1000; nll:k=100 is a quick estimate) or batch",
+        error=ConfigError,
+        device=device,
+    )
+
+
 def nll(trainer, data: torch.Tensor, *, k: int = 1000, n: int = 256, batch: int = 4096, seed: int = 0) -> dict[str, float]:
     """Importance-weighted bound (IWAE, Burda et al. 2016) on -log p(x), nats per image, over the
     first ``n`` images with ``k`` samples of q(z|x) each: -log mean_k p(x|z_k) p(z_k) / q(z_k|x).
@@ -94,12 +137,12 @@ def nll(trainer, data: torch.Tensor, *, k: int = 1000, n: int = 256, batch: int 
     is not the importance-sampling error of one image's bound, which shrinks as ``k`` grows).
     With a Bernoulli decoder on grey-level pixels this is the usual Bernoulli NLL, comparable
     between Bernoulli models only.  ``seed``: the samples of q(z|x) (``evaluate`` seeds with it)."""
-    for key, value in (("k", k), ("n", n), ("batch", batch)):
-        check_int(value, f"metric 'nll': {key}")
+    options = {"k": k, "n": n, "batch": batch}
+    check_nll_options(options, data_shape=tuple(data.shape[1:]), latent_dim=trainer.latent_dim, n_images=len(data), device=data.device)
+    k, n, batch = _count(k, "k"), _count(n, "n"), _count(batch, "batch")
     data = data[:n]
     per_image = []
-    images_per_pass = max(1, batch // k)
-    samples_per_pass = max(1, batch // min(images_per_pass, len(data)))
+    images_per_pass, samples_per_pass = _nll_passes(k, len(data), batch)
     for x in data.split(images_per_pass):
         posterior = _explicit_posterior(trainer, x)
         log_w = []
@@ -229,6 +272,8 @@ def objective(trainer, data: torch.Tensor, *, seed: int = 0) -> dict[str, float]
         n += len(x)
     return {f"objective_{k}": v / n for k, v in sums.items()}
 
+
+nll.check_options = check_nll_options  # run by asvae_kit.config.check_metric_spec
 
 # The discriminator was trained against the raw encoder/decoder weights: a metric that reads it
 # must see those, not the EMA average (docs/design.md §2, "Metric").

@@ -66,7 +66,7 @@ def test_an_error_on_one_rank_is_its_own_and_its_peer_reports_a_lost_peer(tmp_pa
     assert result.returncode != 0
     assert words[1] == ["ValueError: rank 1's own failure at step 5", "step 4"]
     assert words[0][0].startswith("PeerLostError: process 0 of 2: another process left or stopped answering during step 5")
-    assert "(step 4) is intact" in words[0][0]
+    assert "(step 4) is intact" in words[0][0]  # rank 0 wrote it
     assert asvae_kit.load(tmp_path / "run").step == 4
 
 
@@ -163,3 +163,48 @@ def test_a_cpu_run_uses_gloo_even_where_cuda_is_available(monkeypatch):
     monkeypatch.setenv("ASVAE_KIT_DIST_TIMEOUT", "soon")
     with pytest.raises(asvae_kit.errors.ConfigError, match="ASVAE_KIT_DIST_TIMEOUT='soon'"):
         context_from_env("cpu")
+
+
+#: Under torchrun: ``asvae-kit train`` (argv in sys.argv[1]); on the first launch only
+#: (TORCHELASTIC_RESTART_COUNT 0), rank 0 SIGKILLs itself right before its second checkpoint
+#: folder is renamed into place (an audit hook, PEP 578).
+_KILLED_WORKER = r"""
+import json, os, signal, sys
+from asvae_kit.cli import main
+
+renames = 0
+
+def hook(event, args):
+    global renames
+    if event == "os.rename" and os.path.basename(os.fsdecode(args[1])).startswith("step-"):
+        renames += 1
+        if renames == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+if os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0" and os.environ.get("RANK") == "0":
+    sys.addaudithook(hook)
+sys.exit(main(json.loads(sys.argv[1])))
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_worker_under_max_restarts_resumes_and_ends_like_an_unbroken_run(tmp_path):
+    from tiny_run import TINY
+
+    def argv(out):
+        return ["train", "--preset", "mlp-vae", "--steps", "8", "--batch-size", "8", "--checkpoint-every", "2", "--log-every", "2",
+                "--sample-every", "0", "--no-progress", *TINY, "--resume-if-exists", "--out", str(out)]
+
+    worker = tmp_path / "killed_worker.py"
+    worker.write_text(_KILLED_WORKER)
+    env = _env(ASVAE_KIT_DIST_TIMEOUT="60")
+    broken = _torchrun("--max-restarts", "1", str(worker), json.dumps(argv(tmp_path / "broken")), timeout=300, env=env)
+    assert broken.returncode == 0, broken.stderr[-3000:]
+    assert "resuming" in broken.stderr and "(from step 2)" in broken.stderr  # the relaunched group resumed from the last complete checkpoint
+    assert "the newest checkpoint rank 0 completed in" in broken.stderr  # rank 1 does not claim rank 0's unfinished one
+    whole = _torchrun("-m", "asvae_kit", *argv(tmp_path / "whole"), env=env)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    a, b = asvae_kit.load(tmp_path / "whole"), asvae_kit.load(tmp_path / "broken")
+    assert a.step == b.step == 8
+    wa, wb = a.state_tensors(), b.state_tensors()
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

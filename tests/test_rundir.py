@@ -107,15 +107,15 @@ def test_checkpoints_are_units_kept_two_at_a_time_and_a_torn_pair_is_refused(tmp
     run = tmp_path / "run"
     trainer = asvae_kit.build("mlp-vae", steps=12, checkpoint_every=3, device="cpu", **{"encoder.hidden": [16], "decoder.hidden": [16]})
     trainer.fit(run_dir=run, progress=False)
-    # steps 3, 6, 9, 12 were saved, 12 twice (the checkpoint, then the final save): the last 2 remain
-    assert checkpoint_names(run) == ["step-0000012", "step-0000012.1"]
-    assert (run / "latest").read_text().strip() == "step-0000012.1"
-    assert _weights_equal(run / "model.safetensors", run / "checkpoints" / "step-0000012.1" / "model.safetensors")
+    # steps 3, 6, 9, 12 were saved, 12 once (the final save at a step just checkpointed writes nothing new): the last 2 remain
+    assert checkpoint_names(run) == ["step-0000009", "step-0000012"]
+    assert (run / "latest").read_text().strip() == "step-0000012"
+    assert _weights_equal(run / "model.safetensors", run / "checkpoints" / "step-0000012" / "model.safetensors")
     assert asvae_kit.load(run).step == 12
     # tear one: weights of step 12, state of step 3 (as a kill between two renames left them in 0.1)
     other = tmp_path / "other"
     asvae_kit.build("mlp-vae", steps=3, device="cpu", **{"encoder.hidden": [16], "decoder.hidden": [16]}).fit(run_dir=other, progress=False)
-    torn = run / "checkpoints" / "step-0000012.1" / "trainer_state.pt"
+    torn = run / "checkpoints" / "step-0000012" / "trainer_state.pt"
     torn.write_bytes((other / "checkpoints" / "step-0000003" / "trainer_state.pt").read_bytes())
     with pytest.raises(asvae_kit.CheckpointError, match=r"\(step 12\).*\(step 3\) are not one checkpoint"):
         asvae_kit.load(run)
@@ -291,10 +291,11 @@ Path(cfg["report"]).write_text(json.dumps(report, indent=1))
 #: Kill points the sweep must have hit (step numbers written N), each a moment where the run
 #: directory is half-changed: the checkpoint folder complete but not yet in place, `latest` being
 #: replaced, the top-level weights following it, the oldest checkpoint half-deleted, the lock,
-#: config.json, metrics.csv and the grids being written.
+#: the run's marker, config.json, metrics.csv and the grids being written.
 _MUST_KILL_BEFORE = {
     "create .asvae-kit.lock", "remove .asvae-kit.lock",
     "create .config.json.*.tmp", "open[w] .config.json.*.tmp", "rename .config.json.*.tmp -> config.json",
+    "create ..asvae-kit-run.*.tmp", "rename ..asvae-kit-run.*.tmp -> .asvae-kit-run",
     "mkdir checkpoints/.step-N.*.tmp", "rename checkpoints/.step-N.*.tmp -> checkpoints/step-N",
     "create .latest.*.tmp", "open[w] .latest.*.tmp", "rename .latest.*.tmp -> latest",
     "create .model.safetensors.*.tmp", "remove .model.safetensors.*.tmp", "link checkpoints/step-N/model.safetensors",
