@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ._version import __version__
-from .errors import AsvaeKitError
+from .errors import AsvaeKitError, ConfigError
 from .names import did_you_mean
 from .schema import KEYS as SCHEMA_KEYS
 from .schema import SCHEMA, Bool, Choice, Int, Key, Number, Specs
@@ -419,8 +419,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import parse_metric
     from .evaluation import evaluate
 
+    metrics = [parse_metric(m) for m in args.metrics.split(",") if m.strip()] if args.metrics is not None else None
+    if metrics == []:
+        raise ConfigError(f"--metrics {args.metrics!r} is an empty list of metrics; give e.g. --metrics recon,fd, or leave --metrics out for the run's own")
     trainer = _load_for_inference(args)
-    metrics = [parse_metric(m) for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     if not args.json:
         print(f"evaluating {args.run_dir} (step {trainer.step}) on the {args.split} split ...", file=sys.stderr)
     report = None if args.json else (lambda message: print(f"  {message}", file=sys.stderr))
