@@ -52,6 +52,11 @@ def uses_batch_statistics(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
+#: How many of an update's logged terms ride in its all-reduce under data parallelism (for the
+#: guard's message; the built-in divergences log at most 7).
+AGREED_TERMS = 16
+
+
 class AlgorithmStep:
     """``step(x, number=...)`` runs one algorithm step on the data batch ``x`` and returns the
     detached loss terms; a divergent loss raises ``TrainingDivergedError`` (``guard``).
@@ -169,11 +174,14 @@ class AlgorithmStep:
             p.grad = None
         (scaler.scale(loss) if scaler is not None else loss).backward()
         if self.dist.enabled:
-            names = sorted(terms)
-            local = torch.stack([
-                loss.detach().float(), torch.tensor(float(self.stop_requested), device=loss.device),
-                *(terms[k].detach().float().reshape(()) for k in names),
-            ])
+            # a fixed length whatever the terms: every rank sends a buffer of the same size, even
+            # if a plugin's divergence logs other terms on another rank (their values would mix,
+            # the collective would not break)
+            names = sorted(terms)[:AGREED_TERMS]
+            local = torch.full((2 + AGREED_TERMS,), float("nan"), device=loss.device)
+            local[0], local[1] = loss.detach().float(), float(self.stop_requested)
+            if names:
+                local[2 : 2 + len(names)] = torch.stack([terms[k].detach().float().reshape(()) for k in names])
             agreed = average_gradients(self._averaged[which], self.dist, extras=local)
             assert agreed is not None
             loss, stop = agreed[0] / self.dist.world_size, agreed[1]

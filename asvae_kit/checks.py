@@ -64,7 +64,14 @@ def check_number(
                 expected = "a positive number" if low == 0 and not low_inclusive else f"a number {'>=' if low_inclusive else '>'} {low:g}"
             else:
                 expected = "a finite number"
-        raise error(f"{what} must be {expected}, got {value!r}")
+        hint = ""
+        if isinstance(value, str):
+            try:
+                float(value)
+                hint = " (a string: in a YAML or JSON config, write the number without quotes)"
+            except ValueError:
+                pass
+        raise error(f"{what} must be {expected}, got {value!r}{hint}")
     return value
 
 

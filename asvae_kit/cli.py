@@ -1,4 +1,4 @@
-"""The ``asvae-kit`` command line: train, sample, evaluate, plot, list, describe, plugins, compare.
+"""The ``asvae-kit`` command line: train, sample, evaluate, plot, list, describe, plugins, new-plugin, compare.
 
 Errors print one line to stderr and exit with status 2 (``--debug`` shows the traceback); so do
 mistyped arguments, with a did-you-mean for commands and choices.
@@ -185,6 +185,12 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list loaded plugins and their status")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("new-plugin", help="write a ready plugin package: pyproject.toml, one component per kind, a README, conformance tests")
+    p.add_argument("name", metavar="NAME", help="the package (and folder) name, e.g. asvae-kit-myplugin; its module is asvae_kit_myplugin")
+    p.add_argument("--kind", help="comma-separated kinds to write one component of: encoder (the default), decoder, discriminator, "
+                   "divergence, preset, dataset, metric, logger, or all")
+    p.add_argument("--dir", default=".", help="where the folder NAME is made (default: here); it must be new or empty")
 
     from . import compare
 
@@ -398,10 +404,16 @@ def _load_for_inference(args: argparse.Namespace):
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from .data import images_and_labels
-    from .images import check_image_path, interleave_rows, save_images
+    from .images import check_image_path, interleave_rows, save_images, save_images_bytes
+    from .memory import check_memory
 
     check_image_path(args.output)  # before the (slow) load
     trainer = _load_for_inference(args)
+    count = (args.n or 8) * args.steps if args.interpolate else (2 * (args.n or 32) if args.reconstruct else (args.n or 64))
+    check_memory(
+        save_images_bytes(count, trainer.data_shape, args.output), f"sample(n={count}) written to {args.output}",
+        "ask for fewer images (-n), or write a .npy/.pt tensor instead of a picture", error=ConfigError,
+    )
     if args.interpolate:
         save_images(trainer.interpolate(args.n or 8, args.steps, seed=args.seed), args.output, nrow=args.steps)
     elif args.reconstruct:
@@ -534,6 +546,18 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_new_plugin(args: argparse.Namespace) -> int:
+    from .scaffold import parse_kinds, plugin_names, write_plugin
+
+    folder = write_plugin(args.name, args.kind, args.dir)
+    names = plugin_names(args.name)
+    print(f"wrote {folder}: {', '.join(sorted(str(p.relative_to(folder)) for p in folder.rglob('*') if p.is_file()))}")
+    for kind in parse_kinds(args.kind):
+        print(f"  {kind:<13} {names.component(kind)}")
+    print(f"next: pip install -e {folder}; asvae-kit plugins; pytest {folder} (docs/plugins.md has the contracts)")
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_run
 
@@ -555,6 +579,7 @@ COMMANDS = {
     "list": _cmd_list,
     "describe": _cmd_describe,
     "plugins": _cmd_plugins,
+    "new-plugin": _cmd_new_plugin,
     "compare": _cmd_compare,
 }
 

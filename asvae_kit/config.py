@@ -166,7 +166,11 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         entry["name"] = component.name  # aliases resolve to the registered name
         check_config_keys(component, {k: v for k, v in entry.items() if k != "name"}, allow_context=False)
     for spec in config["metrics"]:
-        check_metric_spec(spec, data_shape=config["data_shape"], latent_dim=config["latent_dim"])
+        # without the image shape: a metric's memory estimate is then a lower bound, which refuses
+        # an absurd option (nll:k=1e9) but never a run's ordinary metrics on a smaller machine
+        # (load() validates the saved config, with its data_shape, before every resume); evaluate
+        # checks them again with the shape, for the metrics it actually runs
+        check_metric_spec(spec, data_shape=None, latent_dim=config["latent_dim"])
     seen: set[str] = set()
     for i, spec in enumerate(config["loggers"]):
         entry = parse_spec(spec, "logger")

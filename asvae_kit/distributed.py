@@ -203,9 +203,7 @@ def _is_collective_failure(exc: BaseException) -> bool:
     if isinstance(exc, getattr(dist, "DistError", ())):
         return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(
-        s in text for s in ("gloo", "nccl", "connection closed", "connection reset", "timed out", "timeout", "broken pipe")
-    )
+    return isinstance(exc, RuntimeError) and any(s in text for s in ("gloo", "nccl", "connection closed by peer", "connection reset by peer"))
 
 
 @contextlib.contextmanager

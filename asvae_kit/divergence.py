@@ -34,7 +34,8 @@ class Divergence(Protocol):
 
     ``num_heads`` is the discriminator's head count (0: no discriminator).  Both losses return
     ``(loss, diagnostics)``: a scalar to minimise and a dict of detached scalar tensors the
-    trainer logs (e.g. ``skl``, ``l_x``, ``l_z``).  Optionally ``decodes_both = True`` when the
+    trainer logs (e.g. ``skl``, ``l_x``, ``l_z``), with the same keys on every call (and, under
+    data parallelism, on every process: they ride in the gradients' all-reduce).  Optionally ``decodes_both = True`` when the
     losses use both ``batch.log_px`` and ``batch.x_p`` (one decoder call then serves both).
     """
 

@@ -65,6 +65,19 @@ def check_image_path(path: str | os.PathLike) -> str:
     return check_choice(suffix or "(none)", IMAGE_FORMATS, f"cannot tell what to write to {path}: its extension", note=f" ({kinds})")
 
 
+def save_images_bytes(count: int, shape: tuple[int, int, int], path: str | os.PathLike, min_cell: int = 48) -> int:
+    """Host bytes ``save_images`` needs beyond the images themselves to write ``count`` images of
+    ``shape`` to ``path``: a host copy and the array written (``.pt``/``.npy``), or for a grid the
+    padded float grid, its ``uint8`` copy, Pillow's image and its upscaled copy (small images are
+    scaled up to ``min_cell`` pixels a side), and the encoder's buffer."""
+    c, h, w = shape
+    if check_image_path(path) in (".pt", ".npy"):
+        return 2 * 4 * count * c * h * w
+    scale = max(1, math.ceil(min_cell / max(h, 1)))
+    cell = c * (h + 2) * (w + 2)
+    return count * cell * (4 + 1 + 1 + 2 * scale * scale) + 4 * count * c * h * w
+
+
 def save_images(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:
     """Write ``images`` ``[N, C, H, W]`` in [0, 1] in the format ``path``'s extension names: a PNG
     or JPEG grid, or the tensor itself (``.pt`` via ``torch.save``, ``.npy`` via ``numpy.save``)."""

@@ -49,16 +49,25 @@ def _meminfo_available() -> int | None:
 
 
 def _cgroup_available() -> int | None:
-    """What a cgroup v2 memory limit leaves this process (``memory.max - memory.current``), or
-    ``None`` when there is no limit or no cgroup v2: MemAvailable sees the host, not the container."""
+    """What a cgroup v2 memory limit leaves this process (``memory.max`` less what is in use), or
+    ``None`` when there is no limit or no cgroup v2: MemAvailable sees the host, not the container.
+    "In use" is ``memory.current`` less the inactive file cache (``memory.stat``), which the kernel
+    reclaims on demand, as the kubelet counts it: after reading a data set or writing checkpoints
+    the page cache would otherwise look like memory that is gone."""
     root = Path("/sys/fs/cgroup")
     try:
         limit = (root / "memory.max").read_text().strip()
         if limit == "max":
             return None
-        return max(0, int(limit) - int((root / "memory.current").read_text().strip()))
+        used = int((root / "memory.current").read_text().strip())
     except (OSError, ValueError):
         return None
+    try:
+        stat = dict(line.split() for line in (root / "memory.stat").read_text().splitlines() if line.count(" ") == 1)
+        used -= int(stat.get("inactive_file", 0))
+    except (OSError, ValueError):
+        pass
+    return max(0, int(limit) - max(used, 0))
 
 
 def _sysconf_available() -> int | None:
@@ -77,7 +86,10 @@ def available_memory(device: Any = None) -> int | None:
         import torch
 
         try:
-            return int(torch.cuda.mem_get_info(torch.device(device))[0])
+            dev = torch.device(device)
+            free = int(torch.cuda.mem_get_info(dev)[0])
+            # blocks PyTorch's caching allocator holds but has freed are free to this process
+            return free + int(torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev))
         except (RuntimeError, AssertionError, ValueError):
             return None
     available = _meminfo_available()

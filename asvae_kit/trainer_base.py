@@ -119,7 +119,15 @@ class TrainerBase:
             z = torch.randn(n, self.latent_dim, generator=generator)
         elif tuple(z.shape) != (n, self.latent_dim):
             raise ValueError(f"sample(n={n}, z=...): z must have shape [{n}, {self.latent_dim}], got {list(z.shape)}")
-        return torch.cat([self.decoder(chunk.to(self.device)).mean for chunk in z.split(512)])
+        out: torch.Tensor | None = None  # filled chunk by chunk: the images are held once, not twice as by torch.cat
+        start = 0
+        for chunk in z.split(512):
+            mean = self.decoder(chunk.to(self.device)).mean
+            if out is None:
+                out = mean.new_empty((n, *mean.shape[1:]))
+            out[start : start + len(mean)] = mean
+            start += len(mean)
+        return out if out is not None else torch.empty((0, *self.data_shape), device=self.device)
 
     @torch.no_grad()
     def interpolate(self, rows: int = 8, steps: int = 10, *, seed: int | None = None) -> torch.Tensor:

@@ -60,3 +60,17 @@ def test_a_second_package_whose_import_raises_leaves_every_command_working(site,
     listing = _run(site, "list", "encoder", extra_path=[broken])
     assert listing.returncode == 0 and "wide-mlp" in listing.stdout and "broken" in listing.stderr
     assert _run(site, "describe", "wide-asvae", extra_path=[broken]).returncode == 0
+
+
+def test_the_installed_example_passes_its_own_conformance_tests(site, tmp_path):
+    """CI runs the example's own tests (the four-line ConformanceSuite file) against the installed
+    package, in a fresh interpreter, as its author would with ``pytest``."""
+    env = dict(os.environ, PYTHONPATH=str(site), PYTHONDONTWRITEBYTECODE="1")
+    env.pop("ASVAE_KIT_LOAD_PLUGINS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    for test in ("test_outputs[encoder-wide-mlp]", "test_state_dict_round_trip[encoder-wide-mlp]", "test_preset[preset-wide-asvae]"):
+        assert f"{test} PASSED" in result.stdout, f"{test} did not pass:\n{result.stdout[-3000:]}"

@@ -420,3 +420,13 @@ def test_an_image_folder_that_is_a_file_says_what_to_point_at(tmp_path):
     with pytest.raises(DataError, match="is not a directory; point data.path at a folder") as exc:
         load_image_folder(str(path))
     one_line(exc)
+
+
+def test_a_picture_of_many_small_images_is_costed_with_its_grid(run, tmp_path, monkeypatch, capsys):
+    """A million 8x8 samples fit in memory as a tensor, but their PNG grid (padded, upscaled to
+    48-pixel cells, copied by Pillow) does not: refused before drawing, with the figure."""
+    monkeypatch.setattr(asvae_kit.memory, "available_memory", lambda device=None: 2 << 30)
+    assert main(["sample", str(run), "-n", "1000000", "-o", str(tmp_path / "many.png")]) == 2
+    err = capsys.readouterr().err
+    assert "sample(n=1000000) written to" in err and "GiB" in err and "this machine has 2.0 GiB" in err
+    assert not (tmp_path / "many.png").exists()

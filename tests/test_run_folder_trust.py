@@ -375,3 +375,109 @@ def test_a_dangling_out_link_and_a_config_that_is_a_list_are_one_line(tmp_path, 
     (run / "config.json").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(CheckpointError, match="is not UTF-8 text"):
         asvae_kit.load(run)
+
+
+# -- stale locks: who may take them over ------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _write_lock(folder: Path, **record) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "started": "then", **record}))
+
+
+def test_a_stale_lock_broken_by_two_processes_at_once_is_taken_by_one(tmp_path):
+    import threading
+
+    from asvae_kit.rundir import RunLock
+
+    run = tmp_path / "run"
+    _write_lock(run, pid=_dead_pid())
+    barrier, locks, errors = threading.Barrier(2), [], []
+    real_break = RunLock._break
+
+    def racing_break(self, raw):  # both have judged the same lock stale before either breaks it
+        barrier.wait(timeout=10)
+        return real_break(self, raw)
+
+    def take():
+        lock = RunLock(run)
+        try:
+            locks.append(lock.acquire())
+        except RunDirectoryError as exc:
+            errors.append(str(exc))
+
+    RunLock._break = racing_break
+    try:
+        threads = [threading.Thread(target=take) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+    finally:
+        RunLock._break = real_break
+    # one thread took the lock; the other found it held (threads share a pid, so it reads as this
+    # process's own lock: what matters is that exactly one lock file was written and kept)
+    assert len([p for p in run.iterdir() if p.name == LOCK_FILE]) == 1
+    assert not [p for p in run.iterdir() if p.name.endswith(".stale")]
+    assert sum(lock.held for lock in locks) == 1 and not errors
+
+
+def test_a_lock_of_an_earlier_attempt_of_the_same_job_is_stale_on_any_host(tmp_path, monkeypatch):
+    from asvae_kit.rundir import RunLock
+
+    run = tmp_path / "run"
+    _write_lock(run, pid=1, host="node-that-died", job="TORCHELASTIC_RUN_ID=abc", attempt=0)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    with RunLock(run) as lock:  # the relaunched attempt takes it over
+        assert lock.held and json.loads((run / LOCK_FILE).read_text())["attempt"] == 1
+    _write_lock(run, pid=1, host="node-that-lives", job="TORCHELASTIC_RUN_ID=other", attempt=0)
+    with pytest.raises(RunDirectoryError, match="being written by process 1 on node-that-lives"):
+        RunLock(run).acquire()  # another job's lock on another host: never taken over
+
+
+def test_a_reused_pid_does_not_keep_a_dead_writers_lock(tmp_path):
+    from asvae_kit.rundir import RunLock
+
+    run = tmp_path / "run"
+    _write_lock(run, pid=os.getpid(), process_start="1")  # this pid, but a process that started at tick 1
+    with RunLock(run) as lock:
+        assert lock.held  # taken over (and released afterwards), not mistaken for this process's own
+    assert not (run / LOCK_FILE).exists()
+
+
+def test_a_users_own_hidden_tmp_files_are_neither_ignored_nor_deleted(tmp_path, capsys):
+    folder = tmp_path / "notes"
+    (folder / ".draft.tmp").mkdir(parents=True)
+    (folder / ".draft.tmp" / "notes.txt").write_text("mine")
+    (folder / ".old.tmp").write_text("mine too")
+    (folder / ".my.backup1.tmp").write_text("and this")
+    before = _snapshot(folder)
+    assert train_tiny(folder) == 2  # not an empty folder: refused, untouched
+    err = capsys.readouterr().err
+    assert str(folder) in err and "--overwrite" in err
+    assert _snapshot(folder) == before
+
+
+def test_the_python_api_refuses_another_tools_folder_too(tmp_path):
+    from safetensors.torch import save_file
+
+    other = tmp_path / "hf-model"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    save_file({"w": torch.ones(2)}, str(other / "model.safetensors"))
+    before = _snapshot(other)
+    trainer = asvae_kit.build("mlp-vae", steps=1, batch_size=8, latent_dim=4, **{"encoder.hidden": [8], "decoder.hidden": [8]})
+    with pytest.raises(RunDirectoryError, match="holds no asvae-kit run"):
+        trainer.fit(run_dir=other, progress=False)
+    with pytest.raises(RunDirectoryError, match="holds no asvae-kit run"):
+        trainer.save(other)
+    assert _snapshot(other) == before
+    trainer.save(tmp_path / "fresh")  # a new folder is fine
+    assert is_run_dir(tmp_path / "fresh")

@@ -31,7 +31,9 @@ import torch
 from ..fileio import remove_stale_temporaries
 from .checkpoint import MODEL_FILE, STATE_FILE, read_checkpoint, write_checkpoint
 from .files import CONFIG_FILE, METRICS_FILE, is_asvae_config, read_config, write_config, write_grids
-from .lock import LOCK_FILE, RUN_PATHS, START_MODES, RunLock, check_output_dir, check_run_files, has_checkpoint, is_run_dir
+from .lock import (
+    LOCK_FILE, RUN_PATHS, START_MODES, RunLock, check_output_dir, check_run_files, has_checkpoint, is_run_dir, refuse_foreign_folder,
+)
 from .marker import MARKER_FILE, read_marker, write_marker
 
 __all__ = [
@@ -107,9 +109,10 @@ class RunDirectory:
         symbolic link, clear what a killed process left (temporary files, and for a ``fresh`` run,
         at step 0, a ``metrics.csv`` from a run that died before its first checkpoint; one that
         asvae-kit did not write is refused unless ``overwrite``), and mark it as the run's."""
+        refuse_foreign_folder(self.path, overwrite=self.overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
         check_run_files(self.path, replace_metrics=fresh and self.overwrite)
-        remove_stale_temporaries(self.path)
+        remove_stale_temporaries(self.path, names=RUN_PATHS)
         if fresh:
             (self.path / METRICS_FILE).unlink(missing_ok=True)
         if run_id is not None:
@@ -125,6 +128,8 @@ class RunDirectory:
         self._marked = run_id
 
     def write_config(self, config: dict[str, Any], data_shape: Sequence[int]) -> None:
+        if self._marked is None:
+            refuse_foreign_folder(self.path, overwrite=self.overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
         write_config(self.path, config, data_shape)
 
@@ -137,6 +142,8 @@ class RunDirectory:
 
     def save_checkpoint(self, *, step: int, run_id: str, tensors: dict[str, torch.Tensor], state: dict[str, Any], keep: int) -> Path:
         """Write one checkpoint (``checkpoint.write_checkpoint``), the folder marked as the run's first."""
+        if self._marked is None:
+            refuse_foreign_folder(self.path, overwrite=self.overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
         self.mark(run_id)
         return write_checkpoint(self.path, step=step, run_id=run_id, tensors=tensors, state=state, keep=keep)

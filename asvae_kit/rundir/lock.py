@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import socket
 import time
 from pathlib import Path
 
 from ..errors import RunDirectoryError
-from ..fileio import TMP_SUFFIX
+from ..fileio import is_temporary_name
 from .checkpoint import CHECKPOINTS_DIR, LATEST_FILE, MODEL_FILE, latest_checkpoint
 from .files import CONFIG_FILE, GRID_FILES, IMAGES_DIR, METRICS_FILE, foreign_metrics_error, metrics_file_is_ours, refuse_link
 from .marker import MARKER_FILE, is_run_dir
@@ -36,6 +38,8 @@ START_MODES = ("new", "resume", "if-exists")
 RUN_PATHS = (CONFIG_FILE, METRICS_FILE, *GRID_FILES, MODEL_FILE, LATEST_FILE, MARKER_FILE, IMAGES_DIR, CHECKPOINTS_DIR)
 #: A lock file is about 100 bytes; a bigger one is not asvae-kit's.
 _MAX_LOCK_BYTES = 4096
+#: A stale lock is renamed to this before it is deleted, so two processes cannot both break it.
+_STALE_LOCK = re.compile(r"^" + re.escape(".asvae-kit.lock") + r"\.\d+\.[0-9a-f]{8}\.stale$")
 
 
 def has_checkpoint(path: Path) -> bool:
@@ -62,9 +66,30 @@ def check_run_files(path: Path, *, replace_metrics: bool = False) -> None:
 
 
 def _ours(name: str) -> bool:
-    """What a run leaves in its folder besides its files: the lock, and the temporary file of an
-    atomic write a kill cut short (``.NAME.XXXXXXXX.tmp``, removed when training starts again)."""
-    return name == LOCK_FILE or (name.startswith(".") and name.endswith(TMP_SUFFIX))
+    """What a run leaves in its folder besides its files: the lock (or one set aside while a stale
+    lock was broken), and the temporary file of an atomic write of one of its own files that a
+    kill cut short (``.config.json.XXXXXXXX.tmp``, removed when training starts again).  A user's
+    own hidden ``.draft.tmp`` is not ours."""
+    return name == LOCK_FILE or _STALE_LOCK.match(name) is not None or is_temporary_name(name, of=RUN_PATHS)
+
+
+def refuse_foreign_folder(path: Path, *, overwrite: bool = False) -> None:
+    """Raise ``RunDirectoryError`` when ``path`` is a non-empty folder that is not an asvae-kit run
+    (another tool's files, whatever their names), unless ``overwrite``: writing there could
+    replace the user's files.  The one rule for ``train --out``, ``fit(run_dir=...)`` and ``save``."""
+    if overwrite or not path.is_dir() or is_run_dir(path):
+        return
+    others = sorted(
+        p.name for p in path.iterdir()
+        if not _ours(p.name) and not (p.name == METRICS_FILE and metrics_file_is_ours(p))  # a run that died before its marker
+    )
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise RunDirectoryError(
+            f"{path} is not empty ({shown}) and holds no asvae-kit run, so training there could overwrite "
+            "your files; choose another --out, or pass --overwrite to write into it anyway (from Python: another "
+            "run_dir, or RunDirectory(path, overwrite=True))"
+        )
 
 
 def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, mode: str = "new") -> bool:
@@ -86,18 +111,12 @@ def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, mode: 
         raise RunDirectoryError(f"--out {path} is a file, not a directory; choose a directory for the run")
     run = path.is_dir() and is_run_dir(path)
     if path.is_dir() and not run:
-        others = sorted(p.name for p in path.iterdir() if not _ours(p.name))
         if mode == "resume":
             raise RunDirectoryError(
                 f"--resume given, but {path} holds no asvae-kit run to continue (no {MARKER_FILE} or config.json of asvae-kit's); "
                 "drop --resume to start a run there, or choose the folder of a run"
             )
-        if others and not overwrite:
-            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-            raise RunDirectoryError(
-                f"{path} is not empty ({shown}) and holds no asvae-kit run, so training there could overwrite "
-                "your files; choose another --out, or pass --overwrite to write into it anyway"
-            )
+        refuse_foreign_folder(path, overwrite=overwrite)
     existing = run and has_checkpoint(path)
     if mode == "new" and existing:
         raise RunDirectoryError(
@@ -119,6 +138,30 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (``/proc/PID/stat``'s start time, in clock ticks since boot),
+    or ``None`` where that cannot be read: with it a pid the system reused is not mistaken for
+    the process that took the lock."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _job() -> tuple[str | None, int]:
+    """This process's job and the attempt of it: torchrun's run id and restart count, else SLURM's
+    job id and restart count; ``(None, 0)`` outside both.  A lock an earlier attempt of the same job
+    left is stale on any host: the job was relaunched, so that attempt is over."""
+    for job, attempt in (("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT"), ("SLURM_JOB_ID", "SLURM_RESTART_COUNT")):
+        if os.environ.get(job):
+            try:
+                return f"{job}={os.environ[job]}"[:200], int(os.environ.get(attempt) or 0)
+            except ValueError:
+                return f"{job}={os.environ[job]}"[:200], 0
+    return None, 0
 
 
 def _text(value: object, limit: int = 255) -> str | None:
@@ -148,14 +191,63 @@ class RunLock:
             return {}
         if not isinstance(record, dict) or not isinstance(record.get("pid"), int) or _text(record.get("host")) is None:
             return {}
-        return {"pid": record["pid"], "host": record["host"], "started": _text(record.get("started"), 40) or "?"}
+        holder = {"pid": record["pid"], "host": record["host"], "started": _text(record.get("started"), 40) or "?"}
+        for key in ("process_start", "job"):
+            if _text(record.get(key)) is not None:
+                holder[key] = record[key]
+        if isinstance(record.get("attempt"), int):
+            holder["attempt"] = record["attempt"]
+        return holder
+
+    def _stale(self, holder: dict, me: dict) -> bool:
+        """Whether the lock's holder is gone: on this host, its pid is dead or now belongs to a
+        process that started later (a reused pid, e.g. a restarted container); on any host, it
+        was an earlier attempt of this same job (torchrun's restarts, a SLURM requeue)."""
+        pid = holder.get("pid")
+        if holder.get("job") is not None and holder.get("job") == me["job"] and holder.get("attempt", 0) < me["attempt"]:
+            return True
+        if holder.get("host") != me["host"] or not isinstance(pid, int):
+            return False
+        if pid != me["pid"] and not _alive(pid):
+            return True
+        recorded = holder.get("process_start")
+        return recorded is not None and recorded != _process_start(pid)
+
+    def _break(self, raw: bytes) -> bool:
+        """Remove the stale lock whose bytes are ``raw``; ``False`` when the file there is no longer
+        that one (another process broke it and took the lock meanwhile: it is put back)."""
+        aside = self.path.with_name(f"{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.stale")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return True  # already removed: try to take it
+        try:
+            if aside.read_bytes() == raw:
+                return True
+            try:
+                os.link(aside, self.path)  # a fresh lock: back where it was, never over a newer one
+            except OSError:
+                pass
+            return False
+        finally:
+            aside.unlink(missing_ok=True)
+
+    def _raw(self) -> bytes:
+        try:
+            return self.path.read_bytes()[:_MAX_LOCK_BYTES]
+        except OSError:
+            return b""
 
     def acquire(self) -> "RunLock":
         folder = self.path.parent
         self._created_dir = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        for _attempt in range(2):
+        job, attempt = _job()
+        me = {
+            "pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "process_start": _process_start(os.getpid()), "job": job, "attempt": attempt,
+        }
+        for _attempt in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
@@ -164,12 +256,13 @@ class RunLock:
                     raise RunDirectoryError(
                         f"{self.path} is a symbolic link, not asvae-kit's lock file; remove it if no run is writing to {folder}"
                     ) from None
+                raw = self._raw()
                 holder = self._holder()
                 pid, host = holder.get("pid"), holder.get("host")
-                if holder and host == me["host"] and isinstance(pid, int) and pid != me["pid"] and not _alive(pid):
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                if holder and self._stale(holder, me):
+                    self._break(raw)  # stale: its process is gone; if another took it meanwhile, the next try says so
                     continue
-                if holder.get("pid") == me["pid"] and host == me["host"]:
+                if pid == me["pid"] and host == me["host"] and holder.get("process_start") in (None, me["process_start"]):
                     return self  # this process already holds it (a nested fit, or train's claim then fit)
                 who = f"process {pid} on {host} (since {holder.get('started')})" if holder else "another process"
                 raise RunDirectoryError(
