@@ -319,12 +319,15 @@ def _check_processes_agree(trainer: Any, out: Path) -> None:
 
     from .errors import RunDirectoryError
 
-    steps = torch.tensor([trainer.step, -trainer.step], dtype=torch.int64, device=trainer.device)
-    dist.all_reduce(steps, op=dist.ReduceOp.MAX)
-    high, low = int(steps[0]), -int(steps[1])
-    if high != low:
+    # the step, and a checksum of the weights each process loaded (two checkpoints of one step differ in it)
+    checksum = float(sum(t.double().sum() for t in trainer.state_tensors().values()))
+    found = torch.tensor([trainer.step, -trainer.step, checksum, -checksum], dtype=torch.float64, device=trainer.device)
+    dist.all_reduce(found, op=dist.ReduceOp.MAX)
+    high, low = int(found[0]), -int(found[1])
+    if high != low or float(found[2]) != -float(found[3]):
+        at = f"at steps {low} to {high}" if high != low else f"both at step {high}, with different weights"
         raise RunDirectoryError(
-            f"the {trainer.dist.world_size} processes found different runs in {out} (at steps {low} to {high}); --out must be "
+            f"the {trainer.dist.world_size} processes found different runs in {out} ({at}); --out must be "
             "one folder that every process sees (a shared file system) and that nothing else writes to"
         )
 
