@@ -82,7 +82,7 @@ NETWORK_KINDS = ("encoder", "decoder", "discriminator")
 CLAUSES: dict[str, str] = {
     "plugin loads": "the distribution's plugins load without error and register at least one component",
     "shapes": "a network builds with its defaults for every standard shape it claims, serves each, and raises UnsupportedShapeError for the others",
-    "outputs": "outputs have the contract's types, shapes and ranges for batch sizes 1, 2 and 3 (docs/design.md §2)",
+    "outputs": "outputs have the contract's types, shapes and ranges for batch sizes 1, 2 and 3, in train and eval mode (docs/design.md §2)",
     "densities": "log_prob, KL, codes and logits are finite at pixel values 0, 1 and random ones",
     "gradients": "a backward pass gives every parameter a finite gradient, and reaches the inputs the other networks train through",
     "state-dict round trip": "no tensor is kept as a plain attribute, and a network built with another seed and given this one's state dict (saved and loaded) gives the same outputs",
@@ -328,7 +328,9 @@ def _first_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rt
 
 def _tensor_attributes(module: nn.Module) -> list[str]:
     """``self.path`` of every leaf tensor a module or submodule keeps as a plain attribute (or in a
-    plain list, tuple or dict attribute): state that ``state_dict``, ``.to()`` and the optimizers miss."""
+    plain list, tuple or dict attribute): state that ``state_dict``, ``.to()`` and the optimizers miss.
+    References to registered parameters and buffers (``nn.LSTM``'s ``_flat_weights``) are not state."""
+    registered = {id(t) for t in module.parameters()} | {id(t) for t in module.buffers()}
     found = []
     for prefix, sub in module.named_modules():
         for key, value in vars(sub).items():
@@ -341,7 +343,7 @@ def _tensor_attributes(module: nn.Module) -> list[str]:
                 items = [(f"[{k!r}]", v) for k, v in value.items()]
             for suffix, item in items:
                 # a tensor computed from parameters (old-style weight_norm's weight) is derived, not state
-                if isinstance(item, torch.Tensor) and (isinstance(item, nn.Parameter) or item.grad_fn is None):
+                if isinstance(item, torch.Tensor) and id(item) not in registered and (isinstance(item, nn.Parameter) or item.grad_fn is None):
                     found.append("self." + ".".join(p for p in (prefix, key) if p) + suffix)
     return found
 
@@ -429,15 +431,17 @@ def check_network_shapes(entry: ComponentEntry, settings: Settings = DEFAULT_SET
 
 
 def check_network_outputs(entry: ComponentEntry, settings: Settings = DEFAULT_SETTINGS) -> None:
-    """Clause "outputs": types, shapes and ranges at the smallest claimed shape, each batch size
-    (discriminators: each head count)."""
+    """Clause "outputs": types, shapes and ranges at the smallest claimed shape, each batch size,
+    in train and eval mode (discriminators: each head count)."""
     net = _Net(_Check(entry, "outputs"), settings)
     shape = net.smallest()
     for heads in settings.num_heads if entry.kind == "discriminator" else (None,):
         module = net.build(shape, heads)
-        for batch in settings.batch_sizes:
-            where = f"data_shape {shape}, batch {batch}" + (f", num_heads {heads}" if heads else "")
-            _contract_outputs(net, module, shape, batch, where, heads)
+        for mode in ("train", "eval"):  # training steps, then sampling, reconstruction and metrics
+            module.train(mode == "train")
+            for batch in settings.batch_sizes:
+                where = f"{mode} mode, data_shape {shape}, batch {batch}" + (f", num_heads {heads}" if heads else "")
+                _contract_outputs(net, module, shape, batch, where, heads)
 
 
 def _finite_outputs(net: _Net, module: nn.Module, shape: tuple[int, int, int], where: str) -> None:

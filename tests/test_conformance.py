@@ -240,6 +240,41 @@ def test_importing_the_suite_does_not_import_pytest_and_asvae_kit_does_not_impor
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_parametrisation_marks_slow_and_excluded_components_and_skips_missing_kinds():
+    """``pytest_generate_tests`` on a fake metafunc: ids by kind and name, ``slow_components``
+    marked slow, ``exclude`` skipped with its reason, a kind the distribution lacks one skip."""
+    from types import SimpleNamespace
+
+    class Suite(ConformanceSuite):
+        distribution = "asvae-kit"
+        slow_components = {"metric": ["fd"]}
+        exclude = {"metric": {"nll": "too slow here"}}
+
+    def params_of(method):
+        calls = []
+        config = SimpleNamespace(getini=lambda name: ["slow: registered"], addinivalue_line=lambda *a: None)
+        metafunc = SimpleNamespace(function=method, fixturenames=["component"], config=config, parametrize=lambda name, params: calls.append(params))
+        Suite().pytest_generate_tests(metafunc)
+        return {p.id: [m.name for m in p.marks] for p in calls[0]}
+
+    metrics = params_of(Suite.test_metric_values)
+    assert metrics["metric-fd"] == ["slow"] and metrics["metric-nll"] == ["skip"] and metrics["metric-recon"] == []
+    assert all(marks == ["slow"] for marks in params_of(Suite.test_preset).values())
+    Suite.distribution = "asvae_kit.plugins.loggers"
+    assert params_of(Suite.test_metric_values) == {"no-metric": ["skip"]}
+
+
+def test_registered_tensors_referenced_from_plain_attributes_are_not_flagged():
+    """``nn.LSTM`` keeps its registered weights in a plain list too; a derived tensor (old-style
+    weight_norm's ``weight``) is recomputed from parameters: neither is state the dict misses."""
+    lstm = torch.nn.Sequential(torch.nn.LSTM(3, 4))
+    assert testing._tensor_attributes(lstm) == []
+    linear = torch.nn.Linear(3, 4)
+    linear.cache = linear.weight * 2
+    linear.scale = torch.ones(4)
+    assert testing._tensor_attributes(linear) == ["self.scale"]
+
+
 def test_torch_is_left_as_it_was():
     """The checks fork torch's RNG: running one leaves the caller's random stream untouched."""
     torch.manual_seed(123)
