@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import secrets
 import socket
 import time
 from pathlib import Path
@@ -38,8 +36,6 @@ START_MODES = ("new", "resume", "if-exists")
 RUN_PATHS = (CONFIG_FILE, METRICS_FILE, *GRID_FILES, MODEL_FILE, LATEST_FILE, MARKER_FILE, IMAGES_DIR, CHECKPOINTS_DIR)
 #: A lock file is about 100 bytes; a bigger one is not asvae-kit's.
 _MAX_LOCK_BYTES = 4096
-#: A stale lock is renamed to this before it is deleted, so two processes cannot both break it.
-_STALE_LOCK = re.compile(r"^" + re.escape(".asvae-kit.lock") + r"\.\d+\.[0-9a-f]{8}\.stale$")
 
 
 def has_checkpoint(path: Path) -> bool:
@@ -66,11 +62,10 @@ def check_run_files(path: Path, *, replace_metrics: bool = False) -> None:
 
 
 def _ours(name: str) -> bool:
-    """What a run leaves in its folder besides its files: the lock (or one set aside while a stale
-    lock was broken), and the temporary file of an atomic write of one of its own files that a
+    """What a run leaves in its folder besides its files: the lock, and the temporary file of an atomic write of one of its own files that a
     kill cut short (``.config.json.XXXXXXXX.tmp``, removed when training starts again).  A user's
     own hidden ``.draft.tmp`` is not ours."""
-    return name == LOCK_FILE or _STALE_LOCK.match(name) is not None or is_temporary_name(name, of=RUN_PATHS)
+    return name == LOCK_FILE or is_temporary_name(name, of=RUN_PATHS)
 
 
 def refuse_foreign_folder(path: Path, *, overwrite: bool = False) -> None:
@@ -214,23 +209,14 @@ class RunLock:
         return recorded is not None and recorded != _process_start(pid)
 
     def _break(self, raw: bytes) -> bool:
-        """Remove the stale lock whose bytes are ``raw``; ``False`` when the file there is no longer
-        that one (another process broke it and took the lock meanwhile: it is put back)."""
-        aside = self.path.with_name(f"{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.stale")
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return True  # already removed: try to take it
-        try:
-            if aside.read_bytes() == raw:
-                return True
-            try:
-                os.link(aside, self.path)  # a fresh lock: back where it was, never over a newer one
-            except OSError:
-                pass
+        """Remove the stale lock whose bytes are ``raw``, unless the file there is no longer that
+        one (another process broke it and took the lock meanwhile): it is read again right before
+        the removal, so two processes that judged the same lock stale do not both take it over
+        (the one that comes second finds the first's lock, or none, and tries again)."""
+        if self._raw() != raw:
             return False
-        finally:
-            aside.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
+        return True
 
     def _raw(self) -> bytes:
         try:
