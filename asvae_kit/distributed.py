@@ -31,7 +31,7 @@ from .errors import ConfigError, PeerLostError
 
 __all__ = [
     "DistContext", "context_from_env", "average_gradients", "all_reduce_flat", "broadcast_parameters", "resolve_device",
-    "seed_replica_noise", "timeout_seconds", "TIMEOUT_ENV", "peers_reported",
+    "seed_replica_noise", "timeout_seconds", "TIMEOUT_ENV", "peers_reported", "finish_together",
 ]
 
 #: Seconds a collective may wait for a peer before it fails (``$ASVAE_KIT_DIST_TIMEOUT``): a rank
@@ -101,13 +101,32 @@ def timeout_seconds() -> float:
 
 
 def _leave_process_group() -> None:
+    """At exit: wait (briefly) for the peers, then leave the group.  A rank that tears gloo down
+    while a peer's group is still up can end in SIGABRT ("terminate called without an active
+    exception"), which torchrun counts as a failed worker: seen when a non-writing rank exited
+    while rank 0 was still saving.  On a failure path the peers may be gone: the wait is short."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        try:
-            dist.destroy_process_group()
-        except Exception:  # already torn down by a failed peer: nothing left to leave
-            pass
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=10))
+    except Exception:  # a peer failed or left: nothing to wait for
+        pass
+    try:
+        dist.destroy_process_group()
+    except Exception:  # already torn down by a failed peer: nothing left to leave
+        pass
+
+
+def finish_together(ctx: DistContext) -> None:
+    """The end of a ``fit`` under data parallelism: every rank waits until all are there, so ``fit``
+    returns on every rank once rank 0 has written the run's last checkpoint."""
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def all_reduce_flat(tensors: list[torch.Tensor], extras: torch.Tensor | None = None, *, average_over: int | None = None) -> torch.Tensor | None:

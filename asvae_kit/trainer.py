@@ -22,7 +22,7 @@ import torch
 from .algorithm import AlgorithmStep
 from .checks import check_int
 from .data import BatchStream, check_images, first_images
-from .distributed import DistContext, peers_reported, seed_replica_noise
+from .distributed import DistContext, finish_together, peers_reported, seed_replica_noise
 from .errors import CheckpointError, ConfigError, NotHeldOutError, TrainingDivergedError
 from .ema import RAW_PREFIX
 from .evaluation import Evaluation, evaluate
@@ -176,6 +176,7 @@ class Trainer(TrainerBase):
                 stack.enter_context(self.loggers.opened(self.run.path, self.config, self.step, self.run_id))  # type: ignore[union-attr]
             warn_if_oversubscribed(torch.get_num_threads())
             self._train_until(self.config["steps"], stream, writes, progress_mode(progress) if self.dist.is_main else "off", stop)
+        finish_together(self.dist)
         return self
 
     def _train_until(self, total: int, stream: BatchStream, writes: bool, mode: str, stop: StopSignals) -> None:
