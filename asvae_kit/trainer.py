@@ -198,7 +198,7 @@ class Trainer(TrainerBase):
                         self.save()
                     else:  # rank 0 saved this step (if its save fails it stops, and so does every peer)
                         self._last_saved_step = self.step
-                if self.algorithm.agreed_stop if self.dist.enabled else stop.received is not None:
+                if self._stopping(stop):
                     break
         finally:
             shown.close()
@@ -207,12 +207,16 @@ class Trainer(TrainerBase):
         if writes:
             self._save_unless_saved()  # first: nothing after training may cost the model
             self._save_grids_or_warn()
-        stopped = self.algorithm.agreed_stop if self.dist.enabled else stop.received is not None
-        if stopped:
+        if self._stopping(stop):
             signum = stop.received if stop.received is not None else signal.SIGTERM
             why = signal.Signals(signum).name if stop.received is not None else "another process received a stop signal"
             where = f"; checkpoint saved to {self.run_dir} (resume with `asvae-kit train --resume --out {self.run_dir}`)" if writes else ""
             raise TrainingStopped(signum, f"{why}: training stopped after step {self.step}{where}")
+
+    def _stopping(self, stop: StopSignals) -> bool:
+        """Whether training stops after this step: a signal this process received, or under data
+        parallelism one any process received, as agreed in the step's all-reduce."""
+        return self.algorithm.agreed_stop if self.dist.enabled else stop.received is not None
 
     def _save_grids_or_warn(self) -> None:
         try:

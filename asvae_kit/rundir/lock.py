@@ -152,10 +152,8 @@ def _job() -> tuple[str | None, int]:
     left is stale on any host: the job was relaunched, so that attempt is over."""
     for job, attempt in (("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT"), ("SLURM_JOB_ID", "SLURM_RESTART_COUNT")):
         if os.environ.get(job):
-            try:
-                return f"{job}={os.environ[job]}"[:200], int(os.environ.get(attempt) or 0)
-            except ValueError:
-                return f"{job}={os.environ[job]}"[:200], 0
+            count = os.environ.get(attempt, "").strip()
+            return f"{job}={os.environ[job]}"[:200], int(count) if count.isdigit() else 0
     return None, 0
 
 
@@ -175,14 +173,19 @@ class RunLock:
         self.held = False
         self._created_dir = False
 
-    def _holder(self) -> dict:
+    def _holder(self, raw: bytes | None = None) -> dict:
         """The holder recorded in the lock file (pid, host, started), fields checked so that a
-        message may print them; ``{}`` when the file is not asvae-kit's lock."""
+        message may print them; ``{}`` when the file is not asvae-kit's lock.  ``raw``: the file's
+        bytes as already read (``_raw``), so that the holder judged stale is the one ``_break``
+        compares with."""
+        if self.path.is_symlink():
+            return {}
+        raw = self._raw() if raw is None else raw
+        if len(raw) > _MAX_LOCK_BYTES:
+            return {}
         try:
-            if self.path.is_symlink() or self.path.stat().st_size > _MAX_LOCK_BYTES:
-                return {}
-            record = json.loads(self.path.read_bytes().decode("utf-8"))
-        except (OSError, ValueError):
+            record = json.loads(raw.decode("utf-8"))
+        except ValueError:
             return {}
         if not isinstance(record, dict) or not isinstance(record.get("pid"), int) or _text(record.get("host")) is None:
             return {}
@@ -219,8 +222,11 @@ class RunLock:
         return True
 
     def _raw(self) -> bytes:
+        """The lock file's bytes (one past ``_MAX_LOCK_BYTES`` at most, enough to tell a file too
+        big to be asvae-kit's lock), ``b""`` when there is none."""
         try:
-            return self.path.read_bytes()[:_MAX_LOCK_BYTES]
+            with open(self.path, "rb") as f:
+                return f.read(_MAX_LOCK_BYTES + 1)
         except OSError:
             return b""
 
@@ -243,7 +249,7 @@ class RunLock:
                         f"{self.path} is a symbolic link, not asvae-kit's lock file; remove it if no run is writing to {folder}"
                     ) from None
                 raw = self._raw()
-                holder = self._holder()
+                holder = self._holder(raw)
                 pid, host = holder.get("pid"), holder.get("host")
                 if holder and self._stale(holder, me):
                     self._break(raw)  # stale: its process is gone; if another took it meanwhile, the next try says so
