@@ -1,10 +1,12 @@
 """The library's ASVAE training step against a plain hand-written PyTorch loop of the same math,
 timed side by side in one process (issue 12's yardstick).
 
-Both use the same networks (``mlp-asvae``: MLPs 784-512-512, latent 16, joint discriminator
-512-512), Adam, batch 64 on 28x28 images.  The hand-written step stacks the discriminator's three
-segments into one call and decodes z_q and z_p in one decoder call; the library's step is
-``Trainer.train_step``.  Variants, interleaved in each repeat:
+Both use the same networks, those of ``--preset`` (default ``mlp-asvae``: MLPs 784-512-512,
+latent 16, joint discriminator 512-512; ``dcgan-asvae``: strided convolutions, width 32), the
+preset's recipe (learning rates, ``n_critic``, the divergence's weights lambda_x and lambda_z),
+Adam, on 28x28 images at ``--batch`` (default 64).  The hand-written step stacks the
+discriminator's three segments into one call and decodes z_q and z_p in one decoder call; the
+library's step is ``Trainer.train_step``.  Variants, interleaved in each repeat:
 
 * ``library`` / ``handwritten``: eager (the loop with torch's default Adam);
 * ``library-graphs`` / ``handwritten-graphs`` (CUDA only): the library with ``cuda_graphs=true``,
@@ -15,7 +17,7 @@ segments into one call and decodes z_q and z_p in one decoder call; the library'
 Prints one JSON line with every repeat and a summary of steps/s and of ratios over the
 hand-written eager loop::
 
-    python bench/step_compare.py [--device cuda] [--steps 200] [--batch 64] [--out results.json]
+    python bench/step_compare.py [--device cuda] [--preset dcgan-asvae] [--steps 200] [--batch 64] [--out results.json]
 """
 
 from __future__ import annotations
@@ -31,37 +33,36 @@ import torch.nn.functional as F
 import asvae_kit
 
 
-def handwritten_step(enc, dec, disc, opt_g, opt_d, x, latent_dim):
-    """One ASVAE step (docs/design.md §1) in plain PyTorch: the yardstick."""
+def handwritten_step(enc, dec, disc, opt_g, opt_d, x, latent_dim, n_critic=1, lambda_x=1.0, lambda_z=1.0):
+    """One ASVAE step (docs/design.md §1, the two-head critic, Bernoulli likelihood) in plain PyTorch:
+    the yardstick.  Written as a careful user would: the step's samples are drawn and decoded once
+    (z_q and z_p in one decoder call), the discriminator's updates see them detached, and the
+    encoder/decoder update back-propagates through the same forward passes, as the library does.
+    Returns the last discriminator loss and the encoder/decoder loss, detached."""
     n = x.shape[0]
     z_p, z_m = torch.randn(n, latent_dim, device=x.device), torch.randn(n, latent_dim, device=x.device)
-    # discriminator: heads g (index 0) and f (index 1)
-    with torch.no_grad():
-        z_q = enc(x).rsample()
-        x_p = dec(z_p).mean
-    logits = disc(torch.cat([x, x_p, x]), torch.cat([z_q, z_p, z_m]))
-    lq, lp, lm = logits.split(n)
-    d_loss = F.softplus(-lq[:, 0]).mean() + F.softplus(lm[:, 0]).mean() + F.softplus(-lp[:, 1]).mean() + F.softplus(lm[:, 1]).mean()
-    opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
-    opt_d.step()
-    # encoder/decoder
-    disc.requires_grad_(False)
-    post = enc(x)
-    z_q = post.rsample()
+    z_q = enc(x).rsample()
     lik = dec(torch.cat([z_q, z_p]))
-    mean_q, mean_p = lik.mean.split(n)
+    mean_q, x_p = lik.mean.split(n)
+    # discriminator: heads g (index 0) and f (index 1), n_critic updates on the same samples
+    x_d, z_d = torch.cat([x, x_p.detach(), x]), torch.cat([z_q.detach(), z_p, z_m])
+    for _ in range(n_critic):
+        lq, lp, lm = disc(x_d, z_d).split(n)
+        d_loss = F.softplus(-lq[:, 0]).mean() + F.softplus(lm[:, 0]).mean() + F.softplus(-lp[:, 1]).mean() + F.softplus(lm[:, 1]).mean()
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+    # encoder/decoder, the discriminator frozen
+    disc.requires_grad_(False)
     log_px = F.binary_cross_entropy(mean_q, x, reduction="none").flatten(1).sum(1).neg().mean()
-    x_p = mean_p
     log_qz = enc(x_p).log_prob(z_p).mean()
-    logits = disc(torch.cat([x, x_p]), torch.cat([z_q, z_p]))
-    lq, lp = logits.split(n)
-    g_loss = -((log_px - lq[:, 0].mean()) + (log_qz - lp[:, 1].mean()))
+    lq, lp = disc(torch.cat([x, x_p]), torch.cat([z_q, z_p])).split(n)
+    g_loss = -(lambda_x * (log_px - lq[:, 0].mean()) + lambda_z * (log_qz - lp[:, 1].mean()))
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     opt_g.step()
     disc.requires_grad_(True)
-    return g_loss.detach()
+    return d_loss.detach(), g_loss.detach()
 
 
 def timed(fn, steps: int, sync) -> float:
@@ -90,17 +91,32 @@ def captured(step, warmup: int = 3):
     return graph.replay
 
 
-def handwritten(trainer, x, *, graphs: bool):
-    """The hand-written loop on copies of the trainer's networks: a step function."""
+def handwritten_parts(trainer, *, graphs: bool = False) -> tuple[tuple, dict]:
+    """The hand-written loop's state, from the trainer's: copies of its networks, their own Adam
+    optimizers (fused and capturable for a CUDA graph), and the recipe's keyword arguments for
+    ``handwritten_step``."""
+    config, divergence = trainer.config, trainer.config["divergence"]
+    if divergence["name"] != "asvae" or divergence.get("critic", "two-head") != "two-head" or divergence.get("analytic_kl") \
+            or config["decoder"].get("likelihood") != "bernoulli" or config["sample_x"]:
+        raise SystemExit(f"the hand-written step is the two-head ASVAE with a Bernoulli decoder and x_p the decoder's mean; "
+                         f"this preset's divergence is {divergence} and its decoder {config['decoder']}")
     enc, dec, disc = (copy.deepcopy(m) for m in (trainer.encoder, trainer.decoder, trainer.discriminator))
-    optim, latent = trainer.config["optim"], trainer.latent_dim
+    optim = config["optim"]
     extra = {"fused": True, "capturable": True} if graphs else {}
     opt_g = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=optim["lr"], betas=tuple(optim["betas"]), **extra)
     opt_d = torch.optim.Adam(disc.parameters(), lr=optim["disc_lr"] or optim["lr"], betas=tuple(optim["betas"]), **extra)
+    recipe = dict(latent_dim=trainer.latent_dim, n_critic=optim["n_critic"],
+                  lambda_x=divergence.get("lambda_x", 1.0), lambda_z=divergence.get("lambda_z", 1.0))
+    return (enc, dec, disc, opt_g, opt_d), recipe
+
+
+def handwritten(trainer, x, *, graphs: bool):
+    """The hand-written loop on copies of the trainer's networks: a step function."""
+    parts, recipe = handwritten_parts(trainer, graphs=graphs)
     if not graphs:
-        return lambda: handwritten_step(enc, dec, disc, opt_g, opt_d, x, latent)
+        return lambda: handwritten_step(*parts, x, **recipe)
     static_x = x.clone()
-    replay = captured(lambda: handwritten_step(enc, dec, disc, opt_g, opt_d, static_x, latent))
+    replay = captured(lambda: handwritten_step(*parts, static_x, **recipe))
 
     def step():
         static_x.copy_(x)
@@ -112,6 +128,7 @@ def handwritten(trainer, x, *, graphs: bool):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--preset", default="mlp-asvae", help="an ASVAE preset with a Bernoulli decoder: mlp-asvae, dcgan-asvae, resnet-asvae")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -125,14 +142,14 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     options = dict(data=None, data_shape=[1, 28, 28], batch_size=args.batch, device=str(device), seed=0, precision=args.precision, compile=args.compile)
     x = torch.rand(args.batch, 1, 28, 28, device=device)
-    trainer = asvae_kit.build("mlp-asvae", **options)
+    trainer = asvae_kit.build(args.preset, **options)
     steps = {"library": lambda: trainer.train_step(x), "handwritten": handwritten(trainer, x, graphs=False)}
     if graphs:
-        graphed = asvae_kit.build("mlp-asvae", cuda_graphs=True, **options)
+        graphed = asvae_kit.build(args.preset, cuda_graphs=True, **options)
         steps["library-graphs"] = lambda: graphed.train_step(x)
         steps["handwritten-graphs"] = handwritten(trainer, x, graphs=True)
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-               "torch": torch.__version__, "batch": args.batch, "steps": args.steps, "precision": args.precision,
+               "torch": torch.__version__, "preset": args.preset, "batch": args.batch, "steps": args.steps, "precision": args.precision,
                "compile": args.compile, **{name: [] for name in steps}}
     for _ in range(args.repeats):  # interleaved, so drift hits all alike
         for name, step in steps.items():

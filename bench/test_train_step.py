@@ -1,5 +1,5 @@
 """One full training step (discriminator update + encoder/decoder update) at batch 64 on 28x28
-images, for the mlp and resnet ASVAE presets, eager and (on a GPU) replayed from a CUDA graph
+images, for the mlp, dcgan and resnet ASVAE presets, eager and (on a GPU) replayed from a CUDA graph
 (``cuda_graphs``).  Run with ``pytest bench --benchmark-only``; ``bench/step_compare.py`` puts
 the same step beside a hand-written loop."""
 
@@ -14,7 +14,7 @@ HAS_GPU = torch.cuda.is_available()
 
 
 @pytest.mark.parametrize("graphs", [False, True], ids=["eager", "cuda-graphs"])
-@pytest.mark.parametrize("preset", ["mlp-asvae", "resnet-asvae"])
+@pytest.mark.parametrize("preset", ["mlp-asvae", "dcgan-asvae", "resnet-asvae"])
 def test_train_step_batch64_28x28(benchmark, preset, graphs):
     if graphs and not HAS_GPU:
         pytest.skip("CUDA graphs need a CUDA GPU")

@@ -6,12 +6,16 @@ counts) are covered by ``bench/gpu.sh`` on a GPU.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import asvae_kit
 
 pytestmark = pytest.mark.slow  # each runs a script in a fresh interpreter
 
@@ -25,10 +29,40 @@ def _run(tmp_path: Path, script: str, *args: str) -> dict:
     return json.loads(out.read_text())
 
 
-def test_step_compare_times_the_library_beside_the_handwritten_loop(tmp_path):
-    report = _run(tmp_path, "step_compare.py", "--device", "cpu", "--steps", "2", "--repeats", "1", "--batch", "4")
+@pytest.mark.parametrize("preset", ["mlp-asvae", "dcgan-asvae"])
+def test_step_compare_times_the_library_beside_the_handwritten_loop(tmp_path, preset):
+    report = _run(tmp_path, "step_compare.py", "--device", "cpu", "--preset", preset, "--steps", "2", "--repeats", "1", "--batch", "4")
     assert len(report["library"]) == len(report["handwritten"]) == 1 and "library-graphs" not in report  # CPU: no graphs
-    assert report["summary"]["library_over_handwritten"] > 0
+    assert report["preset"] == preset and report["summary"]["library_over_handwritten"] > 0
+
+
+def _load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("preset, nets", [
+    ("mlp-asvae", {"encoder.hidden": [32], "decoder.hidden": [32], "discriminator.hidden": [32]}),
+    ("dcgan-asvae", {"encoder.width": 8, "decoder.width": 8, "discriminator.width": 8, "discriminator.hidden": [32]}),
+])
+def test_the_handwritten_yardstick_computes_the_library_step(preset, nets):
+    """The loop the library is timed against is the same math (the dcgan recipe's n_critic 2 and
+    lambda_z 0.3 included): from the same weights and random state, three steps give the library's
+    losses."""
+    step_compare = _load_bench("step_compare")
+    trainer = asvae_kit.build(preset, data=None, data_shape=[1, 28, 28], batch_size=16, device="cpu", latent_dim=4, **nets)
+    parts, recipe = step_compare.handwritten_parts(trainer)
+    assert recipe["n_critic"] == trainer.config["optim"]["n_critic"] and recipe["lambda_z"] == trainer.config["divergence"].get("lambda_z", 1.0)
+    x = torch.rand(16, 1, 28, 28)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        terms = trainer.train_step(x)
+        torch.manual_seed(seed)
+        d_loss, g_loss = step_compare.handwritten_step(*parts, x, **recipe)
+        torch.testing.assert_close(d_loss, terms["d_loss"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g_loss, terms["g_loss"], rtol=1e-5, atol=1e-4)
 
 
 def test_kernel_report_gives_wall_time_and_the_memory_floor(tmp_path):

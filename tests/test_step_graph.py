@@ -319,3 +319,99 @@ def test_a_sync_is_located_at_the_first_frame_outside_torch():
 
     where = _caller_outside_torch()
     assert where.endswith(f"test_step_graph.py:{sys._getframe().f_lineno - 1}")
+
+
+class FrozenNoise(RecordedSteps):
+    """A stand-in for a graph that froze its random draws: each replay starts from the random state
+    the capture started from, so it redraws the captured z_p, z_m and noise (what a graph that
+    recorded them as constants would replay).  The control for ``draws_of_replays``."""
+
+    def capture(self, body):
+        state = torch.get_rng_state()
+        replay, out = super().capture(body)
+
+        def frozen() -> None:
+            torch.set_rng_state(state)
+            replay()
+
+        return frozen, out
+
+
+def draws_of_replays(trainer: asvae_kit.Trainer, x: torch.Tensor, replays: int = 2) -> tuple[list[dict[str, torch.Tensor]], list[torch.Tensor]]:
+    """The step's random draws (z_p, z_m and z_q ~ q(z|x)) in each of ``replays`` replays of the
+    captured step on the same batch ``x``, at learning rate 0 (so the networks, and with them the
+    posterior z_q is drawn from, stay as they were: only the draws can change); and the random
+    generator's state (``x``'s device's) after each replay, which a checkpoint saves.
+
+    The draws are copied into buffers inside the step, so a real graph records the copies and
+    each replay refills the buffers; the buffers are made by the first (eager) step, before capture."""
+    for optimizer in (trainer.gen_optimizer, trainer.disc_optimizer):
+        for group in optimizer.param_groups:  # the config refuses lr 0; the optimizer takes it
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(0.0)  # the tensor a captured fused Adam reads
+            else:
+                group["lr"] = 0.0
+    graph = trainer.algorithm
+    step, buffers, made = graph.algorithm, {}, []
+    make_batch, updates = step.make_batch, step.updates
+
+    def recording_make_batch(x):
+        made.append(make_batch(x))
+        return made[-1]
+
+    def recording_updates(x, hooks=None):
+        terms = updates(x, hooks)
+        batch = made.pop()
+        for name in ("z_p", "z_m", "z_q"):
+            value = getattr(batch, name).detach()
+            if name not in buffers:  # the first, eager step: nothing is allocated inside the graph
+                buffers[name] = torch.empty_like(value)
+            buffers[name].copy_(value)
+        return terms
+
+    step.make_batch, step.updates = recording_make_batch, recording_updates
+    while not graph.captured:
+        trainer.train_step(x)
+    weights = {k: v.clone() for k, v in trainer.state_tensors().items()}
+    generator_state = torch.cuda.get_rng_state if x.is_cuda else torch.get_rng_state
+    seen, states = [], []
+    for _ in range(replays):
+        replayed = graph.replays
+        trainer.train_step(x)
+        assert graph.replays == replayed + 1, "the step was not replayed"
+        seen.append({name: value.cpu().clone() for name, value in buffers.items()})
+        states.append(generator_state().clone())
+    after = trainer.state_tensors()
+    assert all(torch.equal(weights[k], after[k]) for k in weights), "learning rate 0 changed the weights"
+    return seen, states
+
+
+def _differ(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The share of entries of each draw that differ between two replays."""
+    return {name: float((a[name] != b[name]).float().mean()) for name in a}
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_each_replay_draws_fresh_noise(device):
+    """Two replays of the captured step on one batch at learning rate 0 differ only by their
+    random draws, and those must differ: z_p and z_m from the prior, and the reparameterisation
+    noise behind z_q.  On CPU the stand-in backend checks the test itself (its control below)."""
+    if device == "cuda":
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", GraphCaptureWarning)
+            trainer = asvae_kit.build("mlp-asvae", cuda_graphs=True, **{**SMALL, "device": "cuda"})
+    else:
+        trainer, _ = graphed()
+    (first, second), states = draws_of_replays(trainer, batch().to(device))
+    assert sorted(first) == ["z_m", "z_p", "z_q"]
+    assert all(share > 0.99 for share in _differ(first, second).values()), _differ(first, second)
+    assert not torch.equal(*states), "a replay left the generator's state as it was: a resume would repeat its draws"
+    for name in ("z_p", "z_m"):  # drawn from N(0, I): the noise is noise, not zeros or a copy
+        assert abs(float(second[name].mean())) < 0.5 and 0.5 < float(second[name].std()) < 1.5, name
+
+
+def test_frozen_noise_is_what_the_replay_test_catches():
+    trainer, _ = graphed(warmup=1)
+    trainer.algorithm.backend = FrozenNoise()
+    (first, second), states = draws_of_replays(trainer, batch())
+    assert _differ(first, second) == {"z_p": 0.0, "z_m": 0.0, "z_q": 0.0} and torch.equal(*states)
