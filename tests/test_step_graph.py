@@ -17,6 +17,8 @@ import warnings
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import asvae_kit
 from asvae_kit.distributed import DistContext
@@ -415,3 +417,61 @@ def test_frozen_noise_is_what_the_replay_test_catches():
     trainer.algorithm.backend = FrozenNoise()
     (first, second), states = draws_of_replays(trainer, batch())
     assert _differ(first, second) == {"z_p": 0.0, "z_m": 0.0, "z_q": 0.0} and torch.equal(*states)
+
+
+class HostReads(TorchDispatchMode):
+    """Notes every aten op that brings a tensor's value to the host (``.item()``, ``float(t)``,
+    ``if t:``, ``nonzero``): on a GPU each one is a synchronisation that a CUDA graph cannot record.
+    Under a dispatch mode the fused head is one opaque op, so ``PythonHostReads`` covers its inside."""
+
+    OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default, torch.ops.aten.nonzero.default,
+           torch.ops.aten.equal.default}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.OPS:
+            self.found.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+class PythonHostReads(TorchFunctionMode):
+    """The same at the Python level, where the fused head runs its eager path (a function mode
+    is not a dispatch mode): ``Tensor.item``, ``bool``/``float``/``int`` of a tensor, ``tolist``,
+    ``nonzero``, ``equal``, a copy to the CPU."""
+
+    NAMES = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "nonzero", "equal", "cpu", "numpy"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.NAMES:
+            self.found.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("preset, precision", [
+    *((f"{arch}-{variant}", "32") for arch in ("mlp", "dcgan", "resnet") for variant in ("vae", "avb", "ali", "asvae")),
+    ("dcgan-asvae", "bf16"), ("mlp-asvae", "bf16"),
+])
+def test_no_built_in_step_reads_a_device_value_on_the_host(preset, precision):
+    """What the rehearsal's sync check looks for on a GPU, checked for every built-in preset on
+    CPU: the body a graph records (the step with the device hooks, a weight average on) reads no
+    tensor value on the host, so ``cuda_graphs`` can capture every preset.  The host's own hooks,
+    whose guard reads each loss, are the control."""
+    trainer = asvae_kit.build(preset, data=None, data_shape=[1, 28, 28], batch_size=4, device="cpu", ema=0.99, precision=precision)
+    step, x = trainer.algorithm, torch.rand(4, 1, 28, 28)
+    hooks = DeviceHooks(step.guard, step.ema, x.device)
+    step.updates(x, hooks)  # the rehearsal: first-time work (the device tensors of the hooks) happens here
+    for spy in (HostReads, PythonHostReads):
+        hooks.begin()
+        with spy() as recorded:
+            step.updates(x, hooks)
+        assert recorded.found == [], spy.__name__
+        with spy() as control:
+            step.updates(x, EagerHooks(step.guard))
+        assert control.found, spy.__name__
