@@ -12,6 +12,7 @@ import copy
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from asvae_kit.compare import (
     final_runs,
     job_for,
     load_spec,
+    long_models,
     long_runs,
     main,
     parse_spec_mapping,
@@ -36,7 +38,7 @@ from asvae_kit.compare import (
     run_overrides,
     tune_runs,
 )
-from asvae_kit.compare.report import mean_std_cell, replace_block
+from asvae_kit.compare.report import mean_std_cell, render_report, replace_block
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"batch_size": 32, "latent_dim": 4, "encoder.hidden": [16], "decoder.hidden": [16], "discriminator.hidden": [16], "log_every": 10}
@@ -186,6 +188,44 @@ def test_long_runs_rerun_the_top_models_by_mean_final_val(tmp_path):
     done[finals[-1].key] = fake_row(finals[-1].key, values["avb"][2])
     (run,) = long_runs(spec, done)
     assert (run.model, run.seed, run.steps) == ("avb", 7, 90)
+
+
+def test_long_also_reruns_the_model_a_study_is_about_whatever_its_rank(tmp_path):
+    raw = {
+        **BASE, "seeds": [1, 2, 3], "long": {"factor": 2, "top": 1, "seeds": [7], "also": ["ali", "avb"]},
+        "models": {m: {"preset": f"mlp-{m}", "points": [{}]} for m in ("vae", "avb", "ali")},
+    }
+    spec = parse_spec_mapping(raw, tmp_path / "s.json")
+    done = {r.key: fake_row(r.key, 0.5) for r in tune_runs(spec)}
+    values = {"vae": 0.3, "avb": 0.2, "ali": 0.9}
+    finals = final_runs(spec, done)
+    for run in finals[:-1]:
+        done[run.key] = fake_row(run.key, values[run.model])
+    assert long_models(spec, ("digits", ""), done) is None and long_runs(spec, done) == []  # the finals decide the top
+    done[finals[-1].key] = fake_row(finals[-1].key, values[finals[-1].model])
+    # avb is the top one; ali is rerun though last; avb, named in also too, is not rerun twice
+    assert long_models(spec, ("digits", ""), done) == ["avb", "ali"]
+    assert [(r.model, r.seed, r.steps) for r in long_runs(spec, done)] == [("avb", 7, 60), ("ali", 7, 60)]
+    report = render_report(spec, done, out=tmp_path, where=tmp_path, top_level=None)
+    assert "the top 1 models by mean final val recon_mse and ali, avb whatever their rank are trained again at 2×" in report
+    table = report[report.index("**Budget check**"):]
+    assert "the top 1 by mean val recon MSE at 30 steps and ali, avb whatever their rank, trained again" in table
+    assert "| avb |" in table and "| ali |" in table and "| vae |" not in table
+    assert "at 30 steps avb < ali; at 60 steps: waits for the long runs" in table
+    for run in long_runs(spec, done):
+        done[run.key] = fake_row(run.key, {"avb": 0.25, "ali": 0.1}[run.model])
+    report = render_report(spec, done, out=tmp_path, where=tmp_path, top_level=None)
+    assert "at 30 steps avb < ali; at 60 steps ali < avb: **the order changed**" in report
+
+
+@pytest.mark.parametrize("also, message", [
+    (["gan"], "long.also names 'gan', which is not a model of the spec; its models: vae"),
+    ("vae", "long.also must be a list of distinct model names"),
+    (["vae", "vae"], "long.also must be a list of distinct model names"),
+])
+def test_long_also_names_only_models_of_the_spec(tmp_path, also, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        parse_spec_mapping({**BASE, "long": {"also": also}}, tmp_path / "s.json")
 
 
 def test_replace_block_keeps_the_prose_and_appends_a_missing_block():

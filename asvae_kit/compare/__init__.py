@@ -15,7 +15,8 @@ The protocol, in four phases, each decided by the results of the one before:
 3. **final**: each pick trained with every seed of ``seeds`` and scored on the ``test`` split with
    ``metrics``, recording the val value of the rule's metric at each ``curve`` step on the way;
 4. **long** (optional): per (data set, architecture), the ``top`` models by mean final val value
-   trained again at ``factor`` times the budget, so the report can say whether the ranking held.
+   (and the models of ``also``, whatever their rank) trained again at ``factor`` times the budget,
+   so the report can say whether the ranking held.
 
 The spec (TOML, YAML or JSON; paths are relative to the spec file)::
 
@@ -42,6 +43,7 @@ The spec (TOML, YAML or JSON; paths are relative to the spec file)::
     factor = 3                          # the reruns train factor * steps, val read at each multiple of steps
     top = 2                             # per (data set, architecture): the best by mean final val value
     seeds = [1, 2, 3]                   #   (diverged seeds left out of the mean; ties in spec order); default: seeds
+    also = ["asvae"]                    # optional: models rerun whatever their rank (the one a study is about)
 
     [datasets.fashion-mnist]
     data = { name = "fashion-mnist" }   # the config's data entry (a name or a mapping)
@@ -103,7 +105,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ConfigError
-from .plan import PHASES, Pick, final_runs, long_runs, mean_finite, phase_totals, pick_for, planned_runs, ranking, row_ok, tune_runs, val_value
+from .plan import PHASES, Pick, final_runs, long_models, long_runs, mean_finite, phase_totals, pick_for, planned_runs, ranking, row_ok, tune_runs, val_value
 from .pool import WorkerFailed, WorkerPool
 from .report import (
     COLUMNS, DOC_BLOCK, HIDDEN, REPORT_FILE, markdown_table, mean_std, mean_std_cell, metric_text, render_report, replace_block, title_of,
@@ -122,7 +124,7 @@ from .worker import PROGRESS_FILE, available_cores, draw_images, machine_info, p
 
 __all__ = [
     "SpecError", "Spec", "Run", "Pick", "load_spec", "parse_spec_mapping", "validate_runs", "tune_runs", "final_runs",
-    "long_runs", "planned_runs", "pick_for", "ranking", "phase_totals", "read_results", "main",
+    "long_models", "long_runs", "planned_runs", "pick_for", "ranking", "phase_totals", "read_results", "main",
     "add_arguments", "run_from_args", "RESULTS_FILE", "REPORT_FILE", "DOC_BLOCK", "METRIC_OUTPUTS",
 ]
 

@@ -13,7 +13,7 @@ from .runs import Run, make_run
 from .spec import Spec
 
 __all__ = [
-    "PHASES", "Pick", "tune_runs", "final_runs", "long_runs", "planned_runs", "pick_for", "ranking", "phase_totals",
+    "PHASES", "Pick", "tune_runs", "final_runs", "long_models", "long_runs", "planned_runs", "pick_for", "ranking", "phase_totals",
     "row_ok", "val_value", "mean_finite",
 ]
 
@@ -103,17 +103,28 @@ def ranking(spec: Spec, section: tuple[str, str], done: Mapping[str, Mapping[str
     return [scored[i] for i in order]
 
 
+def long_models(spec: Spec, section: tuple[str, str], done: Mapping[str, Mapping[str, Any]]) -> list[str] | None:
+    """The models a (data set, architecture) trains at the long budget: the ``top`` by mean final
+    val value, then those of ``long.also`` with a pick, whatever their rank; ``None`` while the
+    final runs are not all in."""
+    assert spec.long is not None
+    order = ranking(spec, section, done)
+    if order is None:
+        return None
+    top = [model for model, _ in order[: spec.long.top]]
+    also = [m for m in spec.long.also if m not in top and pick_for(spec, (*section, m), done).state == "picked"]
+    return top + also
+
+
 def long_runs(spec: Spec, done: Mapping[str, Mapping[str, Any]]) -> list[Run]:
-    """The budget check's runs: per (data set, architecture) whose finals are all in, the ``top``
-    models by mean final val value, at ``factor`` times the steps."""
+    """The budget check's runs: per (data set, architecture) whose finals are all in, the models of
+    ``long_models``, at ``factor`` times the steps."""
     if spec.long is None:
         return []
     runs = []
     for dataset, arch in spec.sections():
-        order = ranking(spec, (dataset, arch), done)
-        if order is None:
-            continue
-        for model, _ in order[: spec.long.top]:
+        models = long_models(spec, (dataset, arch), done)
+        for model in models or []:
             index = pick_for(spec, (dataset, arch, model), done).index
             runs += [make_run("long", (dataset, arch, model), spec, index, seed, spec.steps * spec.long.factor) for seed in spec.long.seeds]
     return runs
@@ -133,7 +144,7 @@ def phase_totals(spec: Spec) -> dict[str, int]:
     """How many runs each phase has at most (fewer when a group has no usable tuning run)."""
     groups = len(spec.groups())
     models = len(spec.models)
-    top = min(spec.long.top, models) if spec.long else 0
+    top = min(spec.long.top + len(spec.long.also), models) if spec.long else 0
     return {
         "tune": sum(len(spec.models[m].points) for _, _, m in spec.groups()),
         "final": groups * len(spec.seeds),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..progress import format_duration
-from .plan import pick_for, planned_runs, ranking
+from .plan import long_models, pick_for, planned_runs, ranking
 from .runs import Run, make_run
 from .spec import Spec, format_point, format_value, metric_outputs
 
@@ -141,6 +141,13 @@ def _seeds_cell(rows: Sequence[Mapping[str, Any] | None]) -> str:
     return f"{ok}" + (f" ({', '.join(notes)})" if notes else "")
 
 
+def _also_words(also: Sequence[str]) -> str:
+    """`` and asvae whatever its rank``: the models ``long.also`` reruns, for the budget check's sentences."""
+    if not also:
+        return ""
+    return f" and {', '.join(also)} whatever {'its' if len(also) == 1 else 'their'} rank"
+
+
 def _seed_list(seeds: Sequence[int]) -> str:
     return ", ".join(map(str, seeds))
 
@@ -183,8 +190,9 @@ class _Report:
         ]
         if spec.long:
             parts.append(
-                f"Budget check: per data set{' and architecture' if archs else ''}, the top {spec.long.top} models by mean final val {key} "
-                f"are trained again at {spec.long.factor}× the budget ({spec.long.factor * spec.steps} steps, seeds {_seed_list(spec.long.seeds)})."
+                f"Budget check: per data set{' and architecture' if archs else ''}, the top {spec.long.top} models by mean final val {key}"
+                f"{_also_words(spec.long.also)} are trained again at {spec.long.factor}× the budget ({spec.long.factor * spec.steps} steps, "
+                f"seeds {_seed_list(spec.long.seeds)})."
             )
         parts.append(self.splits())
         parts.append(self.measured())
@@ -310,13 +318,12 @@ class _Report:
     def long_table(self, dataset: str, arch: str) -> str:
         spec, key = self.spec, self.spec.select.key
         assert spec.long is not None
-        order = ranking(spec, (dataset, arch), self.rows)
-        if order is None:
+        rerun = long_models(spec, (dataset, arch), self.rows)
+        if rerun is None:
             return "**Budget check**: waits for the final runs."
-        top = [m for m, _ in order[: spec.long.top]]
         long_steps = spec.long_curve_steps()
         body = []
-        for model in top:
+        for model in rerun:
             index = pick_for(spec, (dataset, arch, model), self.rows).index
             rows = [self.row(make_run("long", (dataset, arch, model), spec, index, s, long_steps[-1])) for s in spec.long.seeds]
             finals = self._final_rows(dataset, arch, model)
@@ -329,15 +336,15 @@ class _Report:
         name = title_of(key)
         header = ["model", "seeds", f"val {name} at {spec.steps} (final runs)", *(f"val {name} at {s} (long runs)" for s in long_steps),
                   f"test {name} at {spec.steps} (final runs)", f"test {name} at {long_steps[-1]} (long runs)"]
-        text = (f"**Budget check**: the top {spec.long.top} by mean val {name} at {spec.steps} steps, trained again for "
+        text = (f"**Budget check**: the top {spec.long.top} by mean val {name} at {spec.steps} steps{_also_words(spec.long.also)}, trained again for "
                 f"{long_steps[-1]} steps ({spec.long.factor}×), seeds {_seed_list(spec.long.seeds)}:\n\n")
-        return text + markdown_table(header, body) + "\n\n" + self._ranking_sentence(dataset, arch, top)
+        return text + markdown_table(header, body) + "\n\n" + self._ranking_sentence(dataset, arch, rerun)
 
-    def _ranking_sentence(self, dataset: str, arch: str, top: list[str]) -> str:
+    def _ranking_sentence(self, dataset: str, arch: str, rerun: list[str]) -> str:
         spec = self.spec
         assert spec.long is not None
         sign = " < " if spec.select.goal == "min" else " > "
-        before = [m for m, _ in ranking(spec, (dataset, arch), self.rows) or [] if m in top]
+        before = [m for m, _ in ranking(spec, (dataset, arch), self.rows) or [] if m in rerun]
         after = [m for m, _ in ranking(spec, (dataset, arch), self.rows, phase="long") or []]
         steps = spec.steps * spec.long.factor
         if len(after) < len(before):

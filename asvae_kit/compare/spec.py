@@ -10,7 +10,7 @@ import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from ..errors import ConfigError, UnknownComponentError
 from ..names import did_you_mean
@@ -41,7 +41,7 @@ _TOP_KEYS = {
 }
 _MODEL_KEYS = {"preset", "overrides", "grid", "points"}
 _DATASET_KEYS = {"data", "overrides"}
-_LONG_KEYS = {"factor", "top", "seeds"}
+_LONG_KEYS = {"factor", "top", "seeds", "also"}
 _SELECT_KEYS = {"metric", "goal"}
 
 
@@ -93,6 +93,8 @@ class LongSpec:
     factor: int
     top: int
     seeds: list[int]
+    #: models trained at the long budget whatever their rank (the model a study is about), after the top ones
+    also: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -341,14 +343,21 @@ def _models(value: Any, path: Path, allow_unequal: bool) -> dict[str, ModelSpec]
     return out
 
 
-def _long(value: Any, seeds: list[int], path: Path, smoke: bool) -> LongSpec | None:
+def _long(value: Any, seeds: list[int], models: Iterable[str], path: Path, smoke: bool) -> LongSpec | None:
     if value is None:
         return None
     raw = _check_keys(value, _LONG_KEYS, "long", path)
     factor = _int(raw.get("factor", 3), "long.factor", path, minimum=2)
     top = _int(raw.get("top", 2), "long.top", path, minimum=1)
     long_seeds = _seeds(raw["seeds"], "long.seeds", path, smoke) if "seeds" in raw else list(seeds)
-    return LongSpec(factor, top, long_seeds)
+    also = raw.get("also", [])
+    known = list(models)
+    if not isinstance(also, list) or not all(isinstance(m, str) for m in also) or len(set(also)) != len(also):
+        raise _fail(path, f"long.also must be a list of distinct model names, e.g. also = [\"{known[0]}\"], got {also!r}")
+    unknown = [m for m in also if m not in known]
+    if unknown:
+        raise _fail(path, f"long.also names {', '.join(map(repr, unknown))}, which is not a model of the spec; its models: {', '.join(known)}")
+    return LongSpec(factor, top, long_seeds, also)
 
 
 def _path(value: Any, key: str, base: Path, path: Path) -> Path | None:
@@ -388,13 +397,14 @@ def parse_spec_mapping(raw: Mapping[str, Any], path: Path) -> Spec:
     if not isinstance(title, str):
         raise _fail(path, f"title must be a string, got {title!r}")
     eval_size = raw.get("eval_size")
+    models = _models(raw.get("models"), path, allow_unequal)
     spec = Spec(
         path=path, title=title, steps=steps, tune_seed=_int(raw.get("tune_seed", 0), "tune_seed", path), seeds=seeds,
         select=Select(key, goal, _producer(key, tune_metrics, path)), tune_metrics=tune_metrics, metrics=metrics,
-        datasets=_datasets(raw.get("datasets"), path), models=_models(raw.get("models"), path, allow_unequal),
+        datasets=_datasets(raw.get("datasets"), path), models=models,
         architectures=list(architectures), curve=_curve(raw.get("curve", []), steps, path),
         eval_size=None if eval_size is None else _int(eval_size, "eval_size", path, minimum=2),
-        overrides=_overrides(raw.get("overrides"), "overrides", path), long=_long(raw.get("long"), seeds, path, smoke),
+        overrides=_overrides(raw.get("overrides"), "overrides", path), long=_long(raw.get("long"), seeds, models, path, smoke),
         doc=_path(raw.get("doc"), "doc", base, path), images=_path(raw.get("images"), "images", base, path),
         out=_path(raw.get("out"), "out", base, path), smoke=smoke, allow_unequal_grids=allow_unequal,
     )

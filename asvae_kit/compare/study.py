@@ -136,7 +136,8 @@ def dry_run_lines(spec: Spec, done: Mapping[str, Mapping[str, Any]], options: Op
     if spec.long:
         waiting = [f"{d}/{a}".strip("/") for d, a in spec.sections() if ranking(spec, (d, a), done) is None]
         if waiting:
-            lines.append(f"  long runs of {', '.join(waiting)}: the top {spec.long.top} at {spec.long.factor * spec.steps} steps, once the final runs are in")
+            also = f" (and {', '.join(spec.long.also)})" if spec.long.also else ""
+            lines.append(f"  long runs of {', '.join(waiting)}: the top {spec.long.top}{also} at {spec.long.factor * spec.steps} steps, once the final runs are in")
     return lines
 
 
