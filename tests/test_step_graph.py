@@ -372,8 +372,9 @@ def draws_of_replays(trainer: asvae_kit.Trainer, x: torch.Tensor, replays: int =
         return terms
 
     step.make_batch, step.updates = recording_make_batch, recording_updates
-    while not graph.captured:
+    for _ in range(graph.warmup_steps + 2):  # warm-up, rehearsal, capture
         trainer.train_step(x)
+    assert graph.captured, f"the step was not captured: {graph.disabled}"
     weights = {k: v.clone() for k, v in trainer.state_tensors().items()}
     generator_state = torch.cuda.get_rng_state if x.is_cuda else torch.get_rng_state
     seen, states = [], []
