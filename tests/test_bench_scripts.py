@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,20 @@ def test_step_compare_times_the_library_beside_the_handwritten_loop(tmp_path, pr
     report = _run(tmp_path, "step_compare.py", "--device", "cpu", "--preset", preset, "--steps", "2", "--repeats", "1", "--batch", "4")
     assert len(report["library"]) == len(report["handwritten"]) == 1 and "library-graphs" not in report  # CPU: no graphs
     assert report["preset"] == preset and report["summary"]["library_over_handwritten"] > 0
+    assert len(report["handwritten-fused"]) == 1 and report["summary"]["library_over_handwritten_fused"] > 0
+
+
+@pytest.mark.parametrize("override, named", [
+    ({"optim.weight_decay": 0.01}, "'optim.weight_decay': 0.01"),
+    ({"optim.schedule": "cosine"}, "'optim.schedule': 'cosine'"),
+    ({"ema": 0.99}, "ema 0.99"),
+    ({"divergence.critic": "joint"}, "'divergence.critic': 'joint'"),
+])
+def test_the_yardstick_refuses_a_config_it_does_not_implement(override, named):
+    step_compare = _load_bench("step_compare")
+    trainer = asvae_kit.build("mlp-asvae", data=None, data_shape=[1, 8, 8], batch_size=4, device="cpu", **override)
+    with pytest.raises(SystemExit, match=re.escape(named)):
+        step_compare.handwritten_parts(trainer)
 
 
 def _load_bench(name: str):

@@ -218,6 +218,23 @@ def test_long_also_reruns_the_model_a_study_is_about_whatever_its_rank(tmp_path)
     assert "at 30 steps avb < ali; at 60 steps ali < avb: **the order changed**" in report
 
 
+def test_long_also_without_a_pick_or_a_finite_final_mean_is_said_not_ranked(tmp_path):
+    raw = {
+        **BASE, "seeds": [1, 2, 3], "long": {"factor": 2, "top": 1, "seeds": [7], "also": ["ali", "avb"]},
+        "models": {m: {"preset": f"mlp-{m}", "points": [{}]} for m in ("vae", "avb", "ali")},
+    }
+    spec = parse_spec_mapping(raw, tmp_path / "s.json")
+    done = {r.key: fake_row(r.key, math.nan if r.model == "ali" else 0.5) for r in tune_runs(spec)}  # ali: no pick
+    for run in final_runs(spec, done):
+        done[run.key] = fake_row(run.key, {"vae": 0.3, "avb": math.nan}[run.model])  # avb: every final seed non-finite
+    assert long_models(spec, ("digits", ""), done) == ["vae", "avb"]
+    for run in long_runs(spec, done):
+        done[run.key] = fake_row(run.key, {"vae": 0.2, "avb": 0.1}[run.model])
+    report = render_report(spec, done, out=tmp_path, where=tmp_path, top_level=None)
+    # avb, better at 60 steps but unranked at 30, does not make the order "change"
+    assert "at 30 steps vae; at 60 steps vae: the order held. Not rerun: ali (no usable tuning run, so no pick)." in report
+
+
 @pytest.mark.parametrize("also, message", [
     (["gan"], "long.also names 'gan', which is not a model of the spec; its models: vae"),
     ("vae", "long.also must be a list of distinct model names"),

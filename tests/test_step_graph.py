@@ -17,7 +17,6 @@ import warnings
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import asvae_kit
@@ -409,8 +408,8 @@ def test_each_replay_draws_fresh_noise(device):
     assert sorted(first) == ["z_m", "z_p", "z_q"]
     assert all(share > 0.99 for share in _differ(first, second).values()), _differ(first, second)
     assert not torch.equal(*states), "a replay left the generator's state as it was: a resume would repeat its draws"
-    for name in ("z_p", "z_m"):  # drawn from N(0, I): the noise is noise, not zeros or a copy
-        assert abs(float(second[name].mean())) < 0.5 and 0.5 < float(second[name].std()) < 1.5, name
+    for name in ("z_p", "z_m"):  # drawn from N(0, I): the noise is noise, not zeros or a copy (32 draws: 4.5 sigma bounds)
+        assert abs(float(second[name].mean())) < 0.8 and 0.5 < float(second[name].std()) < 1.5, name
 
 
 def test_frozen_noise_is_what_the_replay_test_catches():
@@ -438,21 +437,37 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-class PythonHostReads(TorchFunctionMode):
-    """The same at the Python level, where the fused head runs its eager path (a function mode
-    is not a dispatch mode): ``Tensor.item``, ``bool``/``float``/``int`` of a tensor, ``tolist``,
-    ``nonzero``, ``equal``, a copy to the CPU."""
+class PythonHostReads:
+    """The same at the Python level: ``Tensor.item``, ``bool``/``float``/``int`` of a tensor,
+    ``tolist``, ``nonzero``, ``equal``, a copy to the CPU, wrapped on the ``Tensor`` class for the
+    block.  It sees inside the fused head (forward and backward, which a dispatch mode sees as one
+    opaque op) and inside every Python backward; a mode could not, being off while the op it
+    handles (``backward`` too) runs."""
 
-    NAMES = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "nonzero", "equal", "cpu", "numpy"}
+    METHODS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "nonzero", "equal", "cpu", "numpy")
+    FUNCTIONS = ("nonzero", "equal")
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __enter__(self) -> "PythonHostReads":
         self.found: list[str] = []
+        self._saved = [(torch.Tensor, name, torch.Tensor.__dict__.get(name)) for name in self.METHODS]
+        self._saved += [(torch, name, getattr(torch, name)) for name in self.FUNCTIONS]
+        for owner, name, _ in self._saved:
+            setattr(owner, name, self._spy(getattr(owner, name), name))
+        return self
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") in self.NAMES:
-            self.found.append(func.__name__)
-        return func(*args, **(kwargs or {}))
+    def __exit__(self, *exc) -> None:
+        for owner, name, original in self._saved:
+            if original is None:
+                delattr(owner, name)  # inherited from the C base class
+            else:
+                setattr(owner, name, original)
+
+    def _spy(self, method, name):
+        def spy(*args, **kwargs):
+            self.found.append(name)
+            return method(*args, **kwargs)
+
+        return spy
 
 
 @pytest.mark.parametrize("preset, precision", [

@@ -338,14 +338,17 @@ class _Report:
                   f"test {name} at {spec.steps} (final runs)", f"test {name} at {long_steps[-1]} (long runs)"]
         text = (f"**Budget check**: the top {spec.long.top} by mean val {name} at {spec.steps} steps{_also_words(spec.long.also)}, trained again for "
                 f"{long_steps[-1]} steps ({spec.long.factor}×), seeds {_seed_list(spec.long.seeds)}:\n\n")
-        return text + markdown_table(header, body) + "\n\n" + self._ranking_sentence(dataset, arch, rerun)
+        unpicked = [m for m in spec.long.also if m not in rerun]
+        note = f" Not rerun: {', '.join(unpicked)} (no usable tuning run, so no pick)." if unpicked else ""
+        return text + markdown_table(header, body) + "\n\n" + self._ranking_sentence(dataset, arch, rerun) + note
 
     def _ranking_sentence(self, dataset: str, arch: str, rerun: list[str]) -> str:
         spec = self.spec
         assert spec.long is not None
         sign = " < " if spec.select.goal == "min" else " > "
         before = [m for m, _ in ranking(spec, (dataset, arch), self.rows) or [] if m in rerun]
-        after = [m for m, _ in ranking(spec, (dataset, arch), self.rows, phase="long") or []]
+        # models without a finite final mean (all seeds diverged) have no place to keep or lose
+        after = [m for m, _ in ranking(spec, (dataset, arch), self.rows, phase="long") or [] if m in before]
         steps = spec.steps * spec.long.factor
         if len(after) < len(before):
             return f"Ranking by mean val {spec.select.key}: at {spec.steps} steps {sign.join(before)}; at {steps} steps: waits for the long runs."
