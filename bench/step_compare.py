@@ -105,7 +105,7 @@ def handwritten_parts(trainer, *, fused: bool = False, graphs: bool = False) -> 
     optimizers (fused with ``fused``; fused and capturable for a CUDA graph), and the recipe's
     keyword arguments for ``handwritten_step``.  A config the step does not implement is refused."""
     config, divergence = trainer.config, trainer.config["divergence"]
-    departures = {key: _get(config, key, value) for key, value in PLAIN.items() if _get(config, key, value) != value}
+    departures = {key: got for key, value in PLAIN.items() if (got := _get(config, key, value)) != value}
     if divergence["name"] != "asvae" or departures or config.get("ema"):
         raise SystemExit(f"the hand-written step is the two-head ASVAE with a Bernoulli decoder, x_p the decoder's mean, plain Adam "
                          f"and no weight average; this config's divergence is {divergence!r}, ema {config.get('ema')!r}, and it sets "
